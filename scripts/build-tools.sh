@@ -290,11 +290,17 @@ ensure_debian_packages() {
   local sudo=()
   ((EUID == 0)) || sudo=(sudo)
   log "installing Debian packages: ${missing[*]}"
-  if ((!APT_UPDATED)); then
-    "${sudo[@]}" apt-get update -qq
-    APT_UPDATED=1
+  local aptlog
+  aptlog=$(mktemp)
+  if ! { ((APT_UPDATED)) || "${sudo[@]}" apt-get update -q; } >"$aptlog" 2>&1 ||
+    ! DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends \
+      "${missing[@]}" >>"$aptlog" 2>&1; then
+    cat "$aptlog" >&2
+    rm -f "$aptlog"
+    die "could not install ${missing[*]}"
   fi
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  APT_UPDATED=1
+  rm -f "$aptlog"
 }
 
 build_runc() {
@@ -303,8 +309,8 @@ build_runc() {
   [[ -n $version ]] || die "tools/runc/go.mod requires no github.com/opencontainers/runc"
   # Upstream's default tags minus libpathrs (a Rust library Debian does not
   # ship; runc works without it), plus netgo/osusergo for a static binary.
-  local tags=seccomp,urfave_cli_no_docs,netgo,osusergo
-  hash=$(inputs_hash runc "$tags")
+  local buildtags=seccomp,urfave_cli_no_docs,netgo,osusergo
+  hash=$(inputs_hash runc "$buildtags")
   if up_to_date runc "$hash" "$BIN/runc"; then
     log "runc $version: up to date"
     return
@@ -313,7 +319,7 @@ build_runc() {
   log "building runc $version (static, with seccomp; cold build takes ~2-4 min on 2 cores)…"
   local start=$SECONDS staging
   staging=$(staging_dir runc)
-  CGO_ENABLED=1 gobuild "$dir" "runc $version" -tags="$tags" -buildmode=pie \
+  CGO_ENABLED=1 gobuild "$dir" "runc $version" -tags="$buildtags" -buildmode=pie \
     -ldflags="-s -w -linkmode external -extldflags -static-pie" -o "$staging/runc" -- \
     github.com/opencontainers/runc
   install_into "$BIN" "$staging" runc
