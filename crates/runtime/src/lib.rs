@@ -1,0 +1,7 @@
+//! The reusable operator runtime on kube-rs, for bosun's operators and for any
+//! Rust operator author: running controllers under one shutdown signal,
+//! leader election on a `coordination.k8s.io/v1` Lease with client-go's
+//! semantics, the admission webhook server, and the metrics and health
+//! endpoints.
+//!
+//! Nothing lives here yet; it arrives with the operator-runtime issue.
