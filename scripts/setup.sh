@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Installs what bosun's build and tests need, when it is missing. Idempotent:
+# a second run checks and prints, and installs nothing.
+#
+#   scripts/setup.sh            Rust toolchain, protoc, cargo-nextest
+#   scripts/setup.sh --cluster  also the upstream programs and images `bosun dev` runs
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+want_cluster=false
+for arg in "$@"; do
+  case "$arg" in
+    --cluster) want_cluster=true ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    *) echo "setup: unknown argument $arg (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+apt_updated=false
+apt_install() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: need root to install Debian packages: $*" >&2
+    exit 1
+  fi
+  if ! $apt_updated; then
+    step "apt-get update"
+    apt-get update -qq
+    apt_updated=true
+  fi
+  step "installing Debian packages: $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+}
+
+# The toolchain rust-toolchain.toml pins. If the machine's stable is that
+# version under another name, link it rather than download a copy.
+pinned=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+if ! rustup toolchain list | grep -q "^$pinned"; then
+  stable_dir=$(rustup run stable rustc --print sysroot 2>/dev/null || true)
+  if [ -n "$stable_dir" ] && rustup run stable rustc --version | grep -q " $pinned "; then
+    step "linking the machine's stable Rust as $pinned"
+    rustup toolchain link "$pinned" "$stable_dir"
+  else
+    step "installing Rust $pinned"
+    rustup toolchain install "$pinned" --profile minimal --component rustfmt,clippy
+  fi
+fi
+echo "rust: $(rustc --version)"
+
+# etcd-client compiles etcd's protobuf definitions at build time.
+if ! have protoc; then
+  apt_install protobuf-compiler
+fi
+echo "protoc: $(protoc --version)"
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  step "building cargo-nextest (a few minutes, once)"
+  cargo install cargo-nextest --locked
+fi
+echo "nextest: $(cargo nextest --version | head -n1)"
+
+if $want_cluster; then
+  step "upstream programs for the dev cluster"
+  scripts/build-tools.sh
+fi
+
+step "setup done"
