@@ -94,11 +94,12 @@ stamp() {
 # line) and prints a progress line every PROGRESS_EVERY seconds instead;
 # anything else (compiler errors, warnings) passes through unchanged.
 progress() {
-  local label=$1 total=$2 n=0 start=$SECONDS next=$((SECONDS + PROGRESS_EVERY)) line rc phase
+  local label=$1 total=$2 n=0 start=$SECONDS next=$((SECONDS + PROGRESS_EVERY)) last=$SECONDS line rc phase
   while :; do
     if IFS= read -r -t "$PROGRESS_EVERY" line; then
       if [[ $line =~ ^[A-Za-z0-9_.~/+-]+$ ]]; then
         n=$((n + 1))
+        last=$SECONDS
       else
         printf '%s\n' "$line" >&2
       fi
@@ -108,7 +109,7 @@ progress() {
     fi
     if ((SECONDS >= next)); then
       phase="compiling"
-      ((n < total)) || phase="linking"
+      ((SECONDS - last < PROGRESS_EVERY)) || phase="linking (or compiling a large package)"
       printf '    %s: %s, %d/%d packages compiled, %s elapsed\n' \
         "$label" "$phase" "$n" "$total" "$(fmt_secs $((SECONDS - start)))" >&2
       next=$((SECONDS + PROGRESS_EVERY))
@@ -162,7 +163,7 @@ build_kubernetes() {
     log "kubernetes $version: up to date"
     return
   fi
-  log "building kubernetes $version (cold build takes ~20-40 min on 2 cores; a few GB of memory to link)…"
+  log "building kubernetes $version (cold: ~10-15 min on 2 cores and ~3.5 GB of memory to link)…"
   local start=$SECONDS
   # Version information, as upstream's hack/lib/version.sh sets it. The
   # build date is the release commit's time, so the binary is reproducible.
@@ -198,7 +199,7 @@ build_etcd_one() {
     log "etcd $version: up to date"
     return
   fi
-  log "building etcd $version (etcd, etcdctl, etcdutl; cold build takes ~3-6 min on 2 cores)…"
+  log "building etcd $version (etcd, etcdctl, etcdutl; cold: ~1-3 min)…"
   local start=$SECONDS staging
   staging=$(staging_dir "$name")
   # -o DIR names each binary after its package: server/v3 -> server.
@@ -241,7 +242,7 @@ build_coredns() {
     log "coredns $version: up to date"
     return
   fi
-  log "building coredns $version (cold build takes ~5-10 min on 2 cores)…"
+  log "building coredns $version (cold: ~3-5 min)…"
   local start=$SECONDS staging
   staging=$(staging_dir coredns)
   CGO_ENABLED=0 gobuild "$dir" "coredns $version" -ldflags="-s -w" -o "$staging/coredns" -- \
@@ -262,7 +263,7 @@ build_containerd() {
     log "containerd $version: up to date"
     return
   fi
-  log "building containerd $version (containerd, ctr, containerd-shim-runc-v2; cold build takes ~5-10 min on 2 cores)…"
+  log "building containerd $version (containerd, ctr, containerd-shim-runc-v2; cold: ~2-4 min)…"
   local start=$SECONDS staging pkg=github.com/containerd/containerd/v2
   staging=$(staging_dir containerd)
   # As upstream's Makefile: version via ldflags, urfave_cli_no_docs, and
@@ -316,7 +317,7 @@ build_runc() {
     return
   fi
   ensure_debian_packages gcc libc6-dev libseccomp-dev pkg-config
-  log "building runc $version (static, with seccomp; cold build takes ~2-4 min on 2 cores)…"
+  log "building runc $version (static, with seccomp; cold: ~1 min)…"
   local start=$SECONDS staging
   staging=$(staging_dir runc)
   CGO_ENABLED=1 gobuild "$dir" "runc $version" -tags="$buildtags" -buildmode=pie \
