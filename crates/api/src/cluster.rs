@@ -157,6 +157,8 @@ pub struct EtcdClusterSpec {
     /// Flags the operator owns (name, data-dir, initial-cluster, URLs, TLS files, ...)
     /// are refused.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    // Bounded so that the API server's CEL cost estimate stays in budget.
+    #[schemars(extend("maxProperties" = 32))]
     #[x_kube(validation = Rule::new(
         "self.all(k, k.matches('^[a-z0-9][a-z0-9-]*$'))"
     ).message("spec.etcdOptions keys are etcd flag names without leading dashes, such as quota-backend-bytes"))]

@@ -4,6 +4,7 @@
 //! module; the work lives in the library crates.
 
 mod crds;
+mod dev;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,18 +30,26 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
-    /// Run a real single-node Kubernetes on this machine (not yet implemented).
-    Dev,
+    /// A real single-node Kubernetes on this machine, built from upstream components.
+    #[command(subcommand)]
+    Dev(dev::DevCommand),
     /// Run the operator against the cluster of the current kubeconfig (not yet implemented).
     Operator,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let result = match cli.command {
         Command::Crds { out_dir: None } => crds::print(&mut std::io::stdout().lock()),
         Command::Crds { out_dir: Some(dir) } => crds::write_dir(&dir),
-        Command::Dev => not_yet("dev"),
+        Command::Dev(command) => dev::run(command),
         Command::Operator => not_yet("operator"),
     };
     match result {

@@ -3,5 +3,17 @@
 //! kubelet, kube-proxy, CoreDNS, containerd, runc, CNI) that it supervises as
 //! host processes, with the certificates, kubeconfigs and locally built
 //! images they need; and the test fixture other crates' tests use to reach it.
-//!
-//! Nothing lives here yet; it arrives with the dev-cluster issue.
+
+pub mod addons;
+pub mod cluster;
+pub mod components;
+pub mod image;
+pub mod kubeconfig;
+pub mod layout;
+pub mod network;
+pub mod pki;
+pub mod readiness;
+pub mod storage;
+pub mod supervisor;
+pub mod teardown;
+pub mod tools;
