@@ -7,6 +7,7 @@
 pub mod addons;
 pub mod cluster;
 pub mod components;
+pub mod fixture;
 pub mod image;
 pub mod kubeconfig;
 pub mod layout;

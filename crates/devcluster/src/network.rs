@@ -231,6 +231,87 @@ pub fn tear_down(net: &Network, saved_dir: &Path) -> Result<(), NetworkError> {
     Ok(())
 }
 
+/// Removes the `KUBE-*` chains the kubelet and kube-proxy leave in iptables
+/// and ip6tables (kube-proxy's own `--cleanup` does not know the kubelet's
+/// KUBE-FIREWALL and canary chains): first the rules that jump to them from
+/// other chains, then the chains themselves.
+pub fn remove_kube_chains() {
+    for (save, tool) in [
+        ("iptables-save", "iptables"),
+        ("ip6tables-save", "ip6tables"),
+    ] {
+        let Ok(dump) = run(save, &[]) else { continue };
+        for (table, rule) in kube_jump_rules(&dump) {
+            let mut args = vec!["-w", "-t", table.as_str(), "-D"];
+            args.extend(rule.iter().map(String::as_str));
+            let _ = run(tool, &args);
+        }
+        for (table, chain) in kube_chains(&dump) {
+            let _ = run(tool, &["-w", "-t", &table, "-F", &chain]);
+        }
+        for (table, chain) in kube_chains(&dump) {
+            let _ = run(tool, &["-w", "-t", &table, "-X", &chain]);
+        }
+    }
+}
+
+/// `(table, chain)` of every KUBE-* chain in an iptables-save dump.
+fn kube_chains(dump: &str) -> Vec<(String, String)> {
+    let mut table = String::new();
+    let mut found = vec![];
+    for line in dump.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            table = name.to_string();
+        } else if let Some(decl) = line.strip_prefix(':')
+            && let Some(chain) = decl.split_whitespace().next()
+            && chain.starts_with("KUBE-")
+        {
+            found.push((table.clone(), chain.to_string()));
+        }
+    }
+    found
+}
+
+/// `(table, rule arguments)` of every rule in a non-KUBE chain that jumps to
+/// a KUBE-* chain, as `iptables -D` takes them (chain first).
+fn kube_jump_rules(dump: &str) -> Vec<(String, Vec<String>)> {
+    let mut table = String::new();
+    let mut found = vec![];
+    for line in dump.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            table = name.to_string();
+        } else if let Some(rule) = line.strip_prefix("-A ")
+            && !rule.starts_with("KUBE-")
+            && rule.contains("-j KUBE-")
+        {
+            found.push((table.clone(), split_rule(rule)));
+        }
+    }
+    found
+}
+
+/// Splits an iptables-save rule into arguments, keeping quoted comments whole.
+fn split_rule(rule: &str) -> Vec<String> {
+    let mut args = vec![];
+    let mut current = String::new();
+    let mut quoted = false;
+    for c in rule.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !current.is_empty() {
+                    args.push(std::mem::take(&mut current));
+                }
+            }
+            _ => current.push(c),
+        }
+    }
+    if !current.is_empty() {
+        args.push(current);
+    }
+    args
+}
+
 fn sysctl_name(path: &str) -> String {
     path.trim_start_matches("/proc/sys/").replace('/', ".")
 }
@@ -265,6 +346,29 @@ pub(crate) fn run(program: &str, args: &[&str]) -> Result<String, NetworkError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_kube_chains_and_the_jumps_into_them() {
+        let dump = "*filter\n:INPUT ACCEPT [0:0]\n:KUBE-FIREWALL - [0:0]\n-A INPUT -j KUBE-FIREWALL\n-A KUBE-FIREWALL ! -s 127.0.0.0/8 -m comment --comment \"block incoming localnet\" -j DROP\n-A INPUT -j ACCEPT\nCOMMIT\n*nat\n:KUBE-KUBELET-CANARY - [0:0]\nCOMMIT\n";
+        assert_eq!(
+            kube_chains(dump),
+            [
+                ("filter".to_string(), "KUBE-FIREWALL".to_string()),
+                ("nat".to_string(), "KUBE-KUBELET-CANARY".to_string())
+            ]
+        );
+        assert_eq!(
+            kube_jump_rules(dump),
+            [(
+                "filter".to_string(),
+                vec!["INPUT".to_string(), "-j".into(), "KUBE-FIREWALL".into()]
+            )]
+        );
+        assert_eq!(
+            split_rule("X -m comment --comment \"a b\" -j Y"),
+            ["X", "-m", "comment", "--comment", "a b", "-j", "Y"]
+        );
+    }
 
     #[test]
     fn overlap_arithmetic() {

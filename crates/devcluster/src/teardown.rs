@@ -158,6 +158,7 @@ pub async fn tear_down(layout: &Layout, network: &Network, kube_proxy: Option<&P
             tracing::warn!("kube-proxy --cleanup: {e}");
         }
     }
+    network::remove_kube_chains();
     if let Err(e) = network::tear_down(network, &layout.root().join("saved-sysctls")) {
         tracing::warn!("restoring the host network: {e}");
     }

@@ -1,0 +1,168 @@
+//! The test fixture: every end-to-end test of every crate reaches the dev
+//! cluster through it. It connects to the cluster named by
+//! `BOSUN_KUBECONFIG` (the test script starts one cluster for the whole
+//! run); without it, it starts a detached dev cluster in the default state
+//! directory once and leaves it running for later tests (`bosun dev down`
+//! stops it). Each test gets its own namespace, deleted when it ends.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+
+use crate::readiness::wait_until;
+use crate::tools::Tools;
+
+/// A connection to the dev cluster for one test.
+pub struct TestCluster {
+    /// A client with admin rights.
+    pub client: Client,
+    /// The admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// The tools (kubectl, etcdctl, ...).
+    pub tools: Tools,
+}
+
+impl TestCluster {
+    /// Connects, starting a cluster first when none is named.
+    ///
+    /// # Panics
+    /// When no cluster can be reached: a test without its cluster cannot run.
+    pub async fn connect() -> Self {
+        let tools = Tools::load(Tools::default_dir())
+            .expect("dev cluster tools are built (scripts/setup.sh --cluster)");
+        let kubeconfig = match std::env::var_os("BOSUN_KUBECONFIG") {
+            Some(path) => PathBuf::from(path),
+            None => start_shared_cluster(),
+        };
+        let client = crate::cluster::client_from(&kubeconfig)
+            .await
+            .unwrap_or_else(|e| panic!("connecting with {}: {e}", kubeconfig.display()));
+        TestCluster {
+            client,
+            kubeconfig,
+            tools,
+        }
+    }
+
+    /// Creates a namespace named after the test, deleted when the returned
+    /// guard is dropped.
+    pub async fn namespace(&self, test: &str) -> TestNamespace {
+        let name = format!(
+            "t-{}-{:x}",
+            test.replace('_', "-").chars().take(40).collect::<String>(),
+            std::process::id()
+        );
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"bosun.dev/test": "true"}}
+        }))
+        .expect("namespace object");
+        api.create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+        // The ServiceAccount controller must have made `default` before pods can be created.
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.client.clone(), &name);
+        wait_until(
+            "the namespace's default ServiceAccount",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                let accounts = accounts.clone();
+                async move {
+                    accounts
+                        .get_opt("default")
+                        .await
+                        .map(|a| a.is_some())
+                        .map_err(|e| e.to_string())
+                }
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        TestNamespace {
+            name,
+            client: self.client.clone(),
+        }
+    }
+
+    /// Runs the cluster's own kubectl with the admin kubeconfig.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        let kubectl = self.tools.bin("kubectl").expect("kubectl is built");
+        Command::new(kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl runs")
+    }
+
+    /// Runs kubectl and returns its standard output, panicking with its
+    /// standard error when it fails.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// A namespace that is deleted (in the background) when dropped.
+pub struct TestNamespace {
+    /// Its name.
+    pub name: String,
+    client: Client,
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let name = self.name.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            // Deleting is asynchronous in Kubernetes anyway; the request is
+            // what matters, not waiting for the finalizers.
+            let task =
+                handle.spawn(async move { api.delete(&name, &DeleteParams::background()).await });
+            std::thread::spawn(move || drop(task));
+        }
+    }
+}
+
+/// Starts (once, under a lock) a detached cluster in the default state dir.
+fn start_shared_cluster() -> PathBuf {
+    let layout = crate::layout::Layout::new(crate::layout::Layout::default_root());
+    let kubeconfig = layout.admin_kubeconfig();
+    std::fs::create_dir_all(layout.root()).expect("state dir");
+    let lock_path = layout.root().join("fixture.lock");
+    let lock = std::fs::File::create(&lock_path).expect("fixture lock file");
+    let _guard =
+        nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).expect("fixture lock");
+    let dev = crate::cluster::DevCluster::new(layout.root());
+    if dev.running_supervisor().is_none() {
+        let bosun = bosun_binary();
+        let status = Command::new(&bosun)
+            .args(["dev", "up", "--detach"])
+            .status()
+            .unwrap_or_else(|e| panic!("running {}: {e}", bosun.display()));
+        assert!(status.success(), "bosun dev up --detach failed");
+    }
+    kubeconfig
+}
+
+/// The `bosun` binary of this workspace's target directory.
+pub fn bosun_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("BOSUN_BIN") {
+        return PathBuf::from(path);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    target.join("debug").join("bosun")
+}
