@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
-# The main job. Today it builds bosun and prints its CustomResourceDefinitions;
-# with the dev-cluster issue it becomes `bosun dev up` with an example etcd
-# cluster.
+# The main job: builds everything and runs `bosun dev up`, a real
+# single-node Kubernetes with bosun's CRDs installed, in the foreground
+# until Ctrl-C. Another terminal: export KUBECONFIG=~/.bosun/dev/kubeconfig
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup.sh
+scripts/setup.sh --cluster
 
 echo "==> building bosun"
-cargo build --release --locked -p bosun
-echo "==> bosun crds"
-target/release/bosun crds
+cargo build --locked -p bosun
+exec target/debug/bosun dev up "$@"

@@ -62,7 +62,24 @@ fi
 echo "nextest: $(cargo nextest --version | head -n1)"
 
 if $want_cluster; then
-  step "upstream programs for the dev cluster"
+  # Image builds take Debian's memcached and redis with apt-get download,
+  # which needs package lists.
+  if [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e lock -e partial)" ]; then
+    step "apt-get update"
+    apt-get update -qq
+    apt_updated=true
+  fi
+  # The dev cluster's host side: CNI plugins (bridge, host-local, portmap),
+  # iptables for kube-proxy, a static busybox for the images' shells.
+  missing=()
+  [ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
+  have iptables || missing+=(iptables)
+  [ -x /bin/busybox ] || missing+=(busybox-static)
+  have ip || missing+=(iproute2)
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt_install "${missing[@]}"
+  fi
+  step "upstream programs for the dev cluster (Kubernetes, etcd, CoreDNS, containerd, runc)"
   scripts/build-tools.sh
 fi
 

@@ -11,8 +11,6 @@ use crate::pki::{CertFiles, ClientIdentity};
 
 /// The node's name in the API.
 pub const NODE_NAME: &str = "bosun-dev";
-/// The image of the pod sandbox (built locally).
-pub const SANDBOX_IMAGE: &str = "registry.k8s.io/pause:3.10";
 /// Where Debian's CNI plugins live.
 pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
 /// The cgroup under which the kubelet puts every pod, so teardown finds them.
@@ -329,6 +327,7 @@ impl ClusterFiles {
         let socket = path(&self.layout.containerd_socket());
         let cni_conf = self.config("cni");
         let runc = path(&self.tools_bin.join("runc"));
+        let sandbox = crate::image::PAUSE_IMAGE;
         format!(
             r#"# Written by bosun dev: containerd for the dev cluster's kubelet.
 version = 3
@@ -344,7 +343,7 @@ state = "{state}"
 [plugins.'io.containerd.cri.v1.images']
   snapshotter = "overlayfs"
   [plugins.'io.containerd.cri.v1.images'.pinned_images]
-    sandbox = "{SANDBOX_IMAGE}"
+    sandbox = "{sandbox}"
 
 [plugins.'io.containerd.cri.v1.runtime']
   # Pod network namespaces live under containerd's state directory, so that
