@@ -60,6 +60,10 @@ pub const OPERATOR_OWNED_ETCD_FLAGS: &[&str] = &[
     "peer-auto-tls",
 ];
 
+/// At most this many `etcdOptions` (the schema says so too, which keeps the
+/// API server's CEL cost estimate for the owned-flag rule within budget).
+pub const MAX_ETCD_OPTIONS: usize = 32;
+
 /// The pattern an `etcdOptions` key must match: a long flag name without the
 /// leading dashes.
 pub const ETCD_FLAG_NAME_PATTERN: &str = "^[a-z0-9][a-z0-9-]*$";
@@ -158,7 +162,7 @@ pub struct EtcdClusterSpec {
     /// are refused.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     // Bounded so that the API server's CEL cost estimate stays in budget.
-    #[schemars(extend("maxProperties" = 32))]
+    #[schemars(extend("maxProperties" = MAX_ETCD_OPTIONS))]
     #[x_kube(validation = Rule::new(
         "self.all(k, k.matches('^[a-z0-9][a-z0-9-]*$'))"
     ).message("spec.etcdOptions keys are etcd flag names without leading dashes, such as quota-backend-bytes"))]

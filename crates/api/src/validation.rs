@@ -8,7 +8,9 @@
 use std::fmt;
 
 use crate::backup::{BackupStorage, EtcdBackupSpec};
-use crate::cluster::{EtcdClusterSpec, MAX_SIZE, MIN_SIZE, OPERATOR_OWNED_ETCD_FLAGS};
+use crate::cluster::{
+    EtcdClusterSpec, MAX_ETCD_OPTIONS, MAX_SIZE, MIN_SIZE, OPERATOR_OWNED_ETCD_FLAGS,
+};
 use crate::restore::{EtcdRestoreSpec, RestoreSource};
 use crate::version::{EtcdVersion, VersionChange};
 
@@ -148,6 +150,15 @@ fn validate_storage(spec: &EtcdClusterSpec, errors: &mut Errors) {
 }
 
 fn validate_etcd_options(spec: &EtcdClusterSpec, errors: &mut Errors) {
+    if spec.etcd_options.len() > MAX_ETCD_OPTIONS {
+        errors.add(
+            "spec.etcdOptions",
+            format!(
+                "sets {} flags: at most {MAX_ETCD_OPTIONS} are allowed",
+                spec.etcd_options.len()
+            ),
+        );
+    }
     for name in spec.etcd_options.keys() {
         let field = format!("spec.etcdOptions.{name}");
         let well_formed = name
@@ -560,6 +571,16 @@ mod tests {
             errors.0[0].message.contains("set by the operator"),
             "{errors}"
         );
+    }
+
+    #[test]
+    fn etcd_options_are_bounded() {
+        let mut spec = cluster();
+        for i in 0..=MAX_ETCD_OPTIONS {
+            spec.etcd_options.insert(format!("flag-{i}"), "1".into());
+        }
+        let errors = errors_of(validate_cluster(&spec));
+        assert!(errors.to_string().contains("at most 32"), "{errors}");
     }
 
     #[test]
