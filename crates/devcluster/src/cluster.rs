@@ -280,6 +280,11 @@ pub async fn up(opts: &UpOptions) -> Result<RunningCluster, DevError> {
     let tools = Tools::load(&opts.tools_dir)?;
     let layout = dev.layout.clone();
 
+    // Leftover processes of this state directory (a crashed run) hold the
+    // ports; stop them first. Then the ports must be free: if another
+    // cluster holds them, touching the host network would break it.
+    supervisor::kill_processes_using(layout.root()).await;
+    check_ports(&dev)?;
     tracing::info!("clearing what an earlier run left on the host");
     dev.clean_host(Some(&tools)).await;
     if opts.fresh {
@@ -290,7 +295,6 @@ pub async fn up(opts: &UpOptions) -> Result<RunningCluster, DevError> {
         }
     }
     check_state_stamp(&layout, &tools)?;
-    check_ports(&dev)?;
     std::fs::create_dir_all(layout.run()).map_err(io_error(&layout.run()))?;
     std::fs::write(dev.pid_file(), std::process::id().to_string())
         .map_err(io_error(&dev.pid_file()))?;

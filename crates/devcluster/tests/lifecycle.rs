@@ -161,3 +161,53 @@ async fn down_leaves_the_host_as_it_was_and_up_survives_a_killed_supervisor() {
     assert_eq!(after, before, "bosun dev down left the host changed");
     std::fs::remove_dir_all(&dir).expect("remove state dir");
 }
+
+#[tokio::test]
+#[ignore = "needs the host's ports: run by scripts/test.sh with --run-ignored only"]
+async fn a_port_in_use_is_named_and_nothing_is_changed() {
+    let dir = state_dir("port");
+    let before = host_state(&dir);
+    let _holder = std::net::TcpListener::bind("127.0.0.1:12379").expect("take etcd's port");
+    let out = Command::new(bosun_binary())
+        .args(["dev", "up", "--state-dir"])
+        .arg(&dir)
+        .output()
+        .expect("bosun runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("port 12379 (etcd client) is in use"),
+        "{stderr}"
+    );
+    assert_eq!(host_state(&dir), before);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+#[ignore = "needs the host's ports: run by scripts/test.sh with --run-ignored only"]
+async fn a_state_dir_of_another_version_is_refused_and_kept() {
+    let dir = state_dir("stale");
+    std::fs::create_dir_all(dir.join("data")).expect("data dir");
+    std::fs::write(
+        dir.join("data").join("STATE"),
+        "format=0 kubernetes=v1.20.0 etcd=3.4.0",
+    )
+    .expect("stamp");
+    std::fs::write(dir.join("data").join("precious"), "keep me").expect("marker");
+    let out = Command::new(bosun_binary())
+        .args(["dev", "up", "--state-dir"])
+        .arg(&dir)
+        .output()
+        .expect("bosun runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("another bosun version") && stderr.contains("--fresh"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("data").join("precious")).expect("kept"),
+        "keep me"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
