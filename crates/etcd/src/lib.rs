@@ -1,6 +1,9 @@
-//! The etcd operator: the EtcdCluster, EtcdBackup and EtcdRestore
-//! controllers, access to etcd members over the v3 API, and object storage for
-//! snapshots. Pure functions compute the desired objects from a spec; only
-//! `reconcile` does I/O.
+//! The etcd operator: cluster, backup and restore controllers for the
+//! `EtcdCluster`, `EtcdBackup` and `EtcdRestore` resources, access to etcd
+//! members over the v3 API, and object storage for snapshots.
 //!
-//! Nothing lives here yet; it arrives with the etcd cluster controller issue.
+//! Each controller is a module with one `reconcile`, one `error_policy` and a
+//! `Context`; pure functions compute the desired Kubernetes objects from a
+//! spec (see [`cluster::objects`]), so that only `reconcile` does I/O.
+
+pub mod cluster;

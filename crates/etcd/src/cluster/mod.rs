@@ -1,0 +1,6 @@
+//! The EtcdCluster controller: creates, scales, heals and upgrades an etcd
+//! cluster whose members run as pods, each on its own volume.
+//!
+//! [`objects`] computes the Kubernetes objects a cluster owns (pure).
+
+pub mod objects;

@@ -1,0 +1,643 @@
+//! The Kubernetes objects an `EtcdCluster` owns, computed from its spec: the
+//! headless peer Service, the client Service, the PodDisruptionBudget, and per
+//! member a pod and (unless the cluster runs on emptyDir) a
+//! PersistentVolumeClaim. Pure functions: no client, no I/O; the reconciler
+//! applies what they return.
+//!
+//! A member's name is also its pod's name, its PVC's name and its etcd
+//! `--name`: `<cluster>-<suffix>`. Members find each other by the DNS names
+//! the headless Service gives their pods, `<member>.<cluster>.<ns>.svc`.
+
+use std::collections::BTreeMap;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bosun_api::cluster::OPERATOR_OWNED_ETCD_FLAGS;
+use bosun_api::version::DEFAULT_ETCD_IMAGE_REPOSITORY;
+use bosun_api::{EtcdCluster, EtcdVersion};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSpec, Probe, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+/// The port clients reach etcd on.
+pub const CLIENT_PORT: i32 = 2379;
+/// The port members talk raft on.
+pub const PEER_PORT: i32 = 2380;
+/// The port etcd serves `/metrics` (and `/health`) on.
+pub const METRICS_PORT: i32 = 2381;
+
+/// `app.kubernetes.io/name`: what runs; always [`APP_NAME`] here.
+pub const NAME_LABEL: &str = "app.kubernetes.io/name";
+/// `app.kubernetes.io/instance`: the EtcdCluster's name.
+pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+/// `app.kubernetes.io/managed-by`: always [`MANAGER`].
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// The label on member pods and PVCs that names their member.
+pub const MEMBER_LABEL: &str = "etcd.bosun.dev/member";
+/// The value of [`NAME_LABEL`].
+pub const APP_NAME: &str = "etcd";
+/// The value of [`MANAGED_BY_LABEL`].
+pub const MANAGER: &str = "bosun";
+
+/// The annotation on a member pod with the etcd version it runs.
+pub const VERSION_ANNOTATION: &str = "etcd.bosun.dev/version";
+/// The annotation on a member pod with the `--initial-cluster-state` it was
+/// started with (`new` or `existing`).
+pub const INITIAL_STATE_ANNOTATION: &str = "etcd.bosun.dev/initial-state";
+
+/// The name of the etcd container in a member pod.
+pub const ETCD_CONTAINER: &str = "etcd";
+/// The name of the init container that waits for the member's DNS name.
+pub const WAIT_FOR_DNS_CONTAINER: &str = "wait-for-dns";
+/// The name of the data volume in a member pod.
+pub const DATA_VOLUME: &str = "data";
+/// Where the data volume is mounted.
+pub const DATA_MOUNT_PATH: &str = "/var/lib/etcd";
+/// etcd's `--data-dir`: a directory inside the volume, so that what a
+/// filesystem keeps at its root (`lost+found`) is not in etcd's way.
+pub const DATA_DIR: &str = "/var/lib/etcd/data";
+/// The cluster DNS domain the wait-for-dns init container resolves under.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// Length of the random part of a member name.
+pub const SUFFIX_LEN: usize = 5;
+
+/// Characters of a member name's suffix: Kubernetes' own alphabet for
+/// generated names (`k8s.io/apimachinery/pkg/util/rand`), lowercase
+/// alphanumerics without vowels and look-alikes, so that no suffix spells a
+/// word or reads ambiguously.
+const SUFFIX_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+/// Why objects cannot be computed for an EtcdCluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    /// The cluster has no namespace: it did not come from the API server.
+    #[error(
+        "EtcdCluster {name:?} has no namespace: members' DNS names need one; read the object from the API server"
+    )]
+    MissingNamespace {
+        /// The cluster's name.
+        name: String,
+    },
+    /// The cluster has no uid, so nothing can name it as owner.
+    #[error(
+        "EtcdCluster {namespace}/{name} has no uid: owned objects could not be garbage-collected with it; read the object from the API server"
+    )]
+    MissingUid {
+        /// The cluster's namespace.
+        namespace: String,
+        /// The cluster's name.
+        name: String,
+    },
+}
+
+/// Checks that `cluster` has what every builder here relies on: a namespace
+/// (for DNS names) and a uid (for owner references and the cluster token).
+/// Objects read from the API server always have both; call this once before
+/// building, since the builders themselves cannot fail.
+pub fn check_identity(cluster: &EtcdCluster) -> Result<(), ObjectError> {
+    let name = cluster.name_any();
+    let Some(namespace) = cluster.namespace() else {
+        return Err(ObjectError::MissingNamespace { name });
+    };
+    if cluster.uid().is_none() {
+        return Err(ObjectError::MissingUid { namespace, name });
+    }
+    Ok(())
+}
+
+/// The name of a member, its pod and its PVC: `<cluster>-<suffix>`.
+pub fn member_name(cluster: &str, suffix: &str) -> String {
+    format!("{cluster}-{suffix}")
+}
+
+/// A fresh random member-name suffix of [`SUFFIX_LEN`] characters from
+/// `[a-z0-9]`.
+///
+/// Unpredictable enough that names of removed members are not reused by
+/// chance, not cryptographic: std's per-process randomly keyed SipHash over
+/// the clock, a counter and the process id. The caller still checks the
+/// name against the members that exist.
+pub fn random_suffix() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = RandomState::new().build_hasher();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    hasher.write_u128(nanos);
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u32(std::process::id());
+    let mut bits = hasher.finish();
+    let base = SUFFIX_ALPHABET.len() as u64;
+    (0..SUFFIX_LEN)
+        .map(|_| {
+            let c = SUFFIX_ALPHABET[(bits % base) as usize];
+            bits /= base;
+            char::from(c)
+        })
+        .collect()
+}
+
+/// The labels that select a cluster's member pods: name and instance.
+pub fn selector_labels(cluster: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (NAME_LABEL.to_string(), APP_NAME.to_string()),
+        (INSTANCE_LABEL.to_string(), cluster.to_string()),
+    ])
+}
+
+/// [`selector_labels`] as a label selector string, for list and watch calls.
+pub fn label_selector(cluster: &str) -> String {
+    selector_labels(cluster)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The labels on every object a cluster owns: the selector labels and
+/// `managed-by`.
+pub fn cluster_labels(cluster: &str) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(cluster);
+    labels.insert(MANAGED_BY_LABEL.to_string(), MANAGER.to_string());
+    labels
+}
+
+/// The labels on a member's pod and PVC: [`cluster_labels`] and the member.
+pub fn member_labels(cluster: &str, member: &str) -> BTreeMap<String, String> {
+    let mut labels = cluster_labels(cluster);
+    labels.insert(MEMBER_LABEL.to_string(), member.to_string());
+    labels
+}
+
+/// The member a pod belongs to, from its [`MEMBER_LABEL`].
+pub fn member_of_pod(pod: &Pod) -> Option<String> {
+    pod.labels().get(MEMBER_LABEL).cloned()
+}
+
+/// The etcd version a member pod was built to run, from its
+/// [`VERSION_ANNOTATION`]; `None` when absent or not a version.
+pub fn version_of_pod(pod: &Pod) -> Option<EtcdVersion> {
+    pod.annotations().get(VERSION_ANNOTATION)?.parse().ok()
+}
+
+/// The initial cluster state a member pod was started with, from its
+/// [`INITIAL_STATE_ANNOTATION`].
+pub fn initial_state_of_pod(pod: &Pod) -> Option<InitialState> {
+    InitialState::parse(pod.annotations().get(INITIAL_STATE_ANNOTATION)?)
+}
+
+/// The name of the headless Service that gives members their DNS names: the
+/// cluster's name (it is the pods' `subdomain`).
+pub fn peer_service_name(cluster: &str) -> String {
+    cluster.to_string()
+}
+
+/// The name of the Service clients use: `<cluster>-client`.
+pub fn client_service_name(cluster: &str) -> String {
+    format!("{cluster}-client")
+}
+
+/// The name of the PodDisruptionBudget: the cluster's name.
+pub fn pod_disruption_budget_name(cluster: &str) -> String {
+    cluster.to_string()
+}
+
+/// The cluster's namespace; `default` for an object that has none, which
+/// [`check_identity`] refuses before it matters.
+fn namespace_of(cluster: &EtcdCluster) -> String {
+    cluster.namespace().unwrap_or_else(|| "default".to_string())
+}
+
+/// A member's DNS name under the headless Service: `<member>.<cluster>.<ns>.svc`.
+fn member_host(cluster: &EtcdCluster, member: &str) -> String {
+    format!(
+        "{member}.{}.{}.svc",
+        peer_service_name(&cluster.name_any()),
+        namespace_of(cluster)
+    )
+}
+
+/// A member's peer URL: `http://<member>.<cluster>.<ns>.svc:2380`.
+pub fn peer_url(cluster: &EtcdCluster, member: &str) -> String {
+    format!("http://{}:{PEER_PORT}", member_host(cluster, member))
+}
+
+/// The client URL a member advertises: `http://<member>.<cluster>.<ns>.svc:2379`.
+pub fn client_url(cluster: &EtcdCluster, member: &str) -> String {
+    format!("http://{}:{CLIENT_PORT}", member_host(cluster, member))
+}
+
+/// The address clients use, for `status.clientEndpoint`:
+/// `<cluster>-client.<ns>.svc:2379`.
+pub fn client_endpoint(cluster: &EtcdCluster) -> String {
+    format!(
+        "{}.{}.svc:{CLIENT_PORT}",
+        client_service_name(&cluster.name_any()),
+        namespace_of(cluster)
+    )
+}
+
+/// The image members of `version` run: `<spec.image or the default
+/// repository>:v<version>`.
+pub fn member_image(cluster: &EtcdCluster, version: &EtcdVersion) -> String {
+    let repository = cluster
+        .spec
+        .image
+        .as_deref()
+        .unwrap_or(DEFAULT_ETCD_IMAGE_REPOSITORY);
+    format!("{repository}:{}", version.image_tag())
+}
+
+/// The owner reference every owned object carries: the cluster, as
+/// controller, blocking its deletion until the object is gone. `None` only
+/// for a cluster without uid (see [`check_identity`]).
+fn owner_reference(cluster: &EtcdCluster) -> Option<OwnerReference> {
+    cluster
+        .controller_owner_ref(&())
+        .map(|owner| OwnerReference {
+            block_owner_deletion: Some(true),
+            ..owner
+        })
+}
+
+/// Metadata of an owned object named `name` with `labels`, in the cluster's
+/// namespace, owned by the cluster when `owned`.
+fn owned_meta(
+    cluster: &EtcdCluster,
+    name: String,
+    labels: BTreeMap<String, String>,
+    owned: bool,
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: cluster.namespace(),
+        labels: Some(labels),
+        owner_references: owned
+            .then(|| owner_reference(cluster))
+            .flatten()
+            .map(|owner| vec![owner]),
+        ..ObjectMeta::default()
+    }
+}
+
+fn service_port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.to_string()),
+        port,
+        target_port: Some(IntOrString::Int(port)),
+        protocol: Some("TCP".to_string()),
+        ..ServicePort::default()
+    }
+}
+
+/// The headless Service that gives each member pod its DNS name
+/// (`<member>.<cluster>.<ns>.svc`). It publishes pods before they are Ready:
+/// members must find each other to form a quorum, and only then become Ready.
+pub fn peer_service(cluster: &EtcdCluster) -> Service {
+    let name = cluster.name_any();
+    Service {
+        metadata: owned_meta(
+            cluster,
+            peer_service_name(&name),
+            cluster_labels(&name),
+            true,
+        ),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_string()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector_labels(&name)),
+            ports: Some(vec![
+                service_port("client", CLIENT_PORT),
+                service_port("peer", PEER_PORT),
+            ]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The Service clients use, `<cluster>-client`: a ClusterIP over the Ready
+/// members' client port.
+pub fn client_service(cluster: &EtcdCluster) -> Service {
+    let name = cluster.name_any();
+    Service {
+        metadata: owned_meta(
+            cluster,
+            client_service_name(&name),
+            cluster_labels(&name),
+            true,
+        ),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_string()),
+            selector: Some(selector_labels(&name)),
+            ports: Some(vec![service_port("client", CLIENT_PORT)]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The PodDisruptionBudget that lets voluntary disruptions (node drains)
+/// take at most one member at a time.
+pub fn pod_disruption_budget(cluster: &EtcdCluster) -> PodDisruptionBudget {
+    let name = cluster.name_any();
+    PodDisruptionBudget {
+        metadata: owned_meta(
+            cluster,
+            pod_disruption_budget_name(&name),
+            cluster_labels(&name),
+            true,
+        ),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
+}
+
+/// A member's PersistentVolumeClaim, named after the member. Owned by the
+/// cluster (deleted with it) unless `spec.storage.retainOnDelete`. Not used
+/// when `spec.storage.emptyDir`.
+pub fn member_pvc(cluster: &EtcdCluster, member: &str) -> PersistentVolumeClaim {
+    let storage = &cluster.spec.storage;
+    PersistentVolumeClaim {
+        metadata: owned_meta(
+            cluster,
+            member.to_string(),
+            member_labels(&cluster.name_any(), member),
+            !storage.retain_on_delete,
+        ),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    storage.size.clone(),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            storage_class_name: storage.storage_class_name.clone(),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
+
+/// How a member joins: etcd's `--initial-cluster-state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitialState {
+    /// One of the members that bootstrap a new cluster together.
+    New,
+    /// A member added to a running cluster (after `MemberAdd`).
+    Existing,
+}
+
+impl InitialState {
+    /// The flag value: `new` or `existing`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InitialState::New => "new",
+            InitialState::Existing => "existing",
+        }
+    }
+
+    /// The state a flag value names.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "new" => Some(InitialState::New),
+            "existing" => Some(InitialState::Existing),
+            _ => None,
+        }
+    }
+}
+
+/// What a member pod is built from beyond the cluster's spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberPodParams {
+    /// The member's name (also the pod's).
+    pub member: String,
+    /// Every member of the cluster this member starts into, this one
+    /// included, as `(name, peer URL)`: etcd's `--initial-cluster`, in this
+    /// order.
+    pub initial_cluster: Vec<(String, String)>,
+    /// Whether the member bootstraps a new cluster or joins a running one.
+    pub initial_state: InitialState,
+    /// The etcd version to run (not `spec.version` while an upgrade rolls).
+    pub version: EtcdVersion,
+}
+
+/// The member's pod: etcd on its data volume, reachable under its DNS name.
+///
+/// The pod is named after the member, with `hostname`/`subdomain` giving it
+/// the name `<member>.<cluster>.<ns>.svc`; an init container waits until that
+/// name resolves, because etcd exits when the URL it advertises does not
+/// resolve to itself. The user's `podTemplate` is merged in; the operator's
+/// labels, annotations, containers and volumes win.
+pub fn member_pod(cluster: &EtcdCluster, params: &MemberPodParams) -> Pod {
+    let cluster_name = cluster.name_any();
+    let member = params.member.as_str();
+    let template = cluster.spec.pod_template.clone().unwrap_or_default();
+    let image = member_image(cluster, &params.version);
+
+    let mut labels = template.labels;
+    labels.extend(member_labels(&cluster_name, member));
+    let mut annotations = template.annotations;
+    annotations.extend([
+        (VERSION_ANNOTATION.to_string(), params.version.to_string()),
+        (
+            INITIAL_STATE_ANNOTATION.to_string(),
+            params.initial_state.as_str().to_string(),
+        ),
+    ]);
+    let mut metadata = owned_meta(cluster, member.to_string(), labels, true);
+    metadata.annotations = Some(annotations);
+
+    let fqdn = format!("{}.{CLUSTER_DOMAIN}", member_host(cluster, member));
+    let wait_for_dns = Container {
+        name: WAIT_FOR_DNS_CONTAINER.to_string(),
+        image: Some(image.clone()),
+        image_pull_policy: Some("IfNotPresent".to_string()),
+        command: Some(vec![
+            "/bin/sh".to_string(),
+            "-c".to_string(),
+            format!("until nslookup {fqdn} >/dev/null 2>&1; do sleep 0.5; done"),
+        ]),
+        // The same resources as etcd: a quota that demands limits admits the
+        // pod, and an init container's request never adds to the pod's.
+        resources: template.resources.clone(),
+        ..Container::default()
+    };
+
+    // ETCD_* variables would set etcd flags behind the operator's back;
+    // validation refuses them, and they are dropped here should one slip by.
+    let env: Vec<_> = template
+        .env
+        .into_iter()
+        .filter(|var| !var.name.starts_with("ETCD_"))
+        .collect();
+
+    let etcd = Container {
+        name: ETCD_CONTAINER.to_string(),
+        image: Some(image),
+        image_pull_policy: Some("IfNotPresent".to_string()),
+        command: Some(vec!["/usr/local/bin/etcd".to_string()]),
+        args: Some(etcd_args(cluster, params)),
+        ports: Some(vec![
+            container_port("client", CLIENT_PORT),
+            container_port("peer", PEER_PORT),
+            container_port("metrics", METRICS_PORT),
+        ]),
+        env: (!env.is_empty()).then_some(env),
+        resources: template.resources,
+        // /health fails while the member has no leader or an alarm is raised,
+        // so the client Service only sends clients to members that serve.
+        readiness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/health".to_string()),
+                port: IntOrString::Int(CLIENT_PORT),
+                scheme: Some("HTTP".to_string()),
+                ..HTTPGetAction::default()
+            }),
+            period_seconds: Some(2),
+            timeout_seconds: Some(2),
+            failure_threshold: Some(3),
+            ..Probe::default()
+        }),
+        // No liveness probe: /livez exists only from etcd 3.6, and /health is
+        // false whenever quorum is lost or a member is still catching up on a
+        // large snapshot, so a liveness probe on it would restart healthy
+        // members exactly when the cluster most needs them. A crashed etcd
+        // exits, and restartPolicy Always brings it back.
+        volume_mounts: Some(vec![VolumeMount {
+            name: DATA_VOLUME.to_string(),
+            mount_path: DATA_MOUNT_PATH.to_string(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+
+    let storage = &cluster.spec.storage;
+    let data = if storage.empty_dir {
+        Volume {
+            name: DATA_VOLUME.to_string(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(storage.size.clone()),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        }
+    } else {
+        Volume {
+            name: DATA_VOLUME.to_string(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: member.to_string(),
+                ..PersistentVolumeClaimVolumeSource::default()
+            }),
+            ..Volume::default()
+        }
+    };
+
+    Pod {
+        metadata,
+        spec: Some(PodSpec {
+            hostname: Some(member.to_string()),
+            subdomain: Some(peer_service_name(&cluster_name)),
+            restart_policy: Some("Always".to_string()),
+            termination_grace_period_seconds: Some(30),
+            // etcd needs no Kubernetes API access, and Service environment
+            // variables (ETCD_SERVICE_HOST for a Service named etcd, ...) only
+            // make etcd warn about variables it does not know.
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            init_containers: Some(vec![wait_for_dns]),
+            containers: vec![etcd],
+            volumes: Some(vec![data]),
+            node_selector: (!template.node_selector.is_empty()).then_some(template.node_selector),
+            affinity: template.affinity,
+            tolerations: (!template.tolerations.is_empty()).then_some(template.tolerations),
+            security_context: template.security_context,
+            priority_class_name: template.priority_class_name,
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    }
+}
+
+fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_string()),
+        container_port: port,
+        protocol: Some("TCP".to_string()),
+        ..ContainerPort::default()
+    }
+}
+
+/// etcd's command-line arguments: the operator's flags, then the user's
+/// `etcdOptions` in key order.
+fn etcd_args(cluster: &EtcdCluster, params: &MemberPodParams) -> Vec<String> {
+    let member = params.member.as_str();
+    let name = cluster.name_any();
+    let token = match cluster.uid() {
+        Some(uid) => format!("{name}-{uid}"),
+        None => name.clone(),
+    };
+    let initial_cluster = params
+        .initial_cluster
+        .iter()
+        .map(|(name, url)| format!("{name}={url}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut args = vec![
+        format!("--name={member}"),
+        format!("--data-dir={DATA_DIR}"),
+        format!("--listen-client-urls=http://0.0.0.0:{CLIENT_PORT}"),
+        format!("--advertise-client-urls={}", client_url(cluster, member)),
+        format!("--listen-peer-urls=http://0.0.0.0:{PEER_PORT}"),
+        format!(
+            "--initial-advertise-peer-urls={}",
+            peer_url(cluster, member)
+        ),
+        format!("--initial-cluster={initial_cluster}"),
+        format!("--initial-cluster-state={}", params.initial_state.as_str()),
+        format!("--initial-cluster-token={token}"),
+        format!("--listen-metrics-urls=http://0.0.0.0:{METRICS_PORT}"),
+    ];
+    // Validation refuses owned flags and malformed names; skipping them here
+    // too keeps a spec that slipped past it from overriding member identity.
+    args.extend(
+        cluster
+            .spec
+            .etcd_options
+            .iter()
+            .filter(|(key, _)| is_user_flag(key))
+            .map(|(key, value)| format!("--{key}={value}")),
+    );
+    args
+}
+
+/// Whether `key` is a flag name a user may set: `[a-z0-9][a-z0-9-]*` and not
+/// one the operator owns.
+fn is_user_flag(key: &str) -> bool {
+    let well_formed = key.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && key
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    well_formed && !OPERATOR_OWNED_ETCD_FLAGS.contains(&key)
+}
+
+#[cfg(test)]
+mod tests;
