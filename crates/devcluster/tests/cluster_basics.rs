@@ -1,0 +1,42 @@
+//! The dev cluster is a usable Kubernetes of the pinned release: its node is
+//! Ready, its API server says it is ready, and kubectl and the server both
+//! report the Kubernetes version the tools were built from.
+
+use std::time::Duration;
+
+use bosun_devcluster::components::NODE_NAME;
+use bosun_devcluster::fixture::TestCluster;
+use bosun_devcluster::readiness::{node_ready, wait_until};
+
+#[tokio::test]
+async fn node_is_ready_and_client_and_server_run_the_pinned_release() {
+    let cluster = TestCluster::connect().await;
+
+    wait_until(
+        &format!("node {NODE_NAME} to be Ready"),
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || node_ready(&cluster.client, NODE_NAME),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    let readyz = cluster.kubectl_ok(&["get", "--raw", "/readyz"]);
+    assert_eq!(readyz.trim(), "ok", "/readyz answered {readyz:?}");
+
+    let pinned = cluster
+        .tools
+        .version("KUBERNETES_VERSION")
+        .expect("versions.env names KUBERNETES_VERSION");
+    let version: serde_json::Value =
+        serde_json::from_str(&cluster.kubectl_ok(&["version", "--output=json"]))
+            .expect("kubectl version prints JSON");
+    for side in ["clientVersion", "serverVersion"] {
+        assert_eq!(
+            version[side]["gitVersion"].as_str(),
+            Some(pinned),
+            "{side} of `kubectl version`: {}",
+            version[side]
+        );
+    }
+}
