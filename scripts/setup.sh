@@ -49,9 +49,10 @@ if ! rustup toolchain list | grep -q "^$pinned"; then
 fi
 echo "rust: $(rustc --version)"
 
-# etcd-client compiles etcd's protobuf definitions at build time.
-if ! have protoc; then
-  apt_install protobuf-compiler
+# etcd-client compiles etcd's protobuf definitions at build time; they
+# import protobuf's well-known types (descriptor.proto, struct.proto).
+if ! have protoc || [ ! -f /usr/include/google/protobuf/descriptor.proto ]; then
+  apt_install protobuf-compiler libprotobuf-dev
 fi
 echo "protoc: $(protoc --version)"
 

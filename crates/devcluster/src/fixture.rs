@@ -86,7 +86,7 @@ impl TestCluster {
         .unwrap_or_else(|e| panic!("{e}"));
         TestNamespace {
             name,
-            client: self.client.clone(),
+            kubeconfig: self.kubeconfig.clone(),
         }
     }
 
@@ -114,23 +114,38 @@ impl TestCluster {
     }
 }
 
-/// A namespace that is deleted (in the background) when dropped.
+/// A namespace that is deleted when dropped (also when its test panics).
 pub struct TestNamespace {
     /// Its name.
     pub name: String,
-    client: Client,
+    kubeconfig: PathBuf,
 }
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        let api: Api<Namespace> = Api::all(self.client.clone());
+        // The test's runtime is ending (or blocked in this very drop), so the
+        // delete runs on a thread of its own, with its own runtime and
+        // client, and the drop waits for the API server's answer.
         let name = self.name.clone();
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            // Deleting is asynchronous in Kubernetes anyway; the request is
-            // what matters, not waiting for the finalizers.
-            let task =
-                handle.spawn(async move { api.delete(&name, &DeleteParams::background()).await });
-            std::thread::spawn(move || drop(task));
+        let kubeconfig = self.kubeconfig.clone();
+        let outcome = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async move {
+                let client = crate::cluster::client_from(&kubeconfig).await.map_err(|e| e.to_string())?;
+                let api: Api<Namespace> = Api::all(client);
+                match api.delete(&name, &DeleteParams::background()).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+        })
+        .join();
+        if let Ok(Err(e)) | Err(e) = outcome.map_err(|_| "the delete thread panicked".to_string()) {
+            eprintln!("deleting test namespace {}: {e}", self.name);
         }
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bosun_devcluster::fixture::TestCluster;
 use bosun_devcluster::image::PAUSE_IMAGE;
 use bosun_devcluster::readiness::wait_until;
-use common::{POLL, delete_namespace};
+use common::{POLL};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -106,7 +106,6 @@ async fn deployment_scales_from_1_to_3_to_1_and_its_pods_follow() {
     for replicas in [1, 3, 1] {
         scale_and_wait(&deployments, &pods, "pause", replicas).await;
     }
-    delete_namespace(&cluster, ns).await;
 }
 
 fn config_map(name: &str, owner: Option<&ConfigMap>) -> ConfigMap {
@@ -216,7 +215,6 @@ async fn dependents_are_garbage_collected_after_their_owner_is_deleted() {
 
     owner_deletion_collects_dependent(&config_maps, "background", DeleteParams::background()).await;
     owner_deletion_collects_dependent(&config_maps, "foreground", DeleteParams::foreground()).await;
-    delete_namespace(&cluster, ns).await;
 }
 
 #[tokio::test]
@@ -283,5 +281,4 @@ async fn lease_is_renewed_under_resource_version_and_a_stale_renewal_conflicts()
         Some("candidate-a"),
         "the stale update changed nothing"
     );
-    delete_namespace(&cluster, ns).await;
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bosun_devcluster::fixture::TestCluster;
 use bosun_devcluster::readiness::wait_until;
 use common::{
-    CLIENT_PORT, Etcdctl, PEER_PORT, POLL, client_endpoint, create_pod, delete_namespace, describe,
+    CLIENT_PORT, Etcdctl, PEER_PORT, POLL, client_endpoint, create_pod, describe,
     member_fqdn, peer_member_pod, pod_ip, restart_count, single_member_pod, wait_ready,
 };
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -108,7 +108,6 @@ async fn etcd_pod_becomes_ready_by_health_probe_and_serves_keys_by_pod_ip_and_cl
         etcdctl.get(&by_pod_ip, "/by-cluster-ip").await,
         Ok(Some("written through the Service".to_string()))
     );
-    delete_namespace(&cluster, ns).await;
 }
 
 #[tokio::test]
@@ -241,5 +240,4 @@ async fn three_etcd_pods_form_one_cluster_by_headless_service_dns_names() {
         3,
         "endpoint health by DNS name from inside: {inside}"
     );
-    delete_namespace(&cluster, ns).await;
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use bosun_devcluster::fixture::TestCluster;
 use common::{
-    Etcdctl, POD_DEADLINE, client_endpoint, create_pod, delete_namespace, delete_pod_and_wait,
+    Etcdctl, POD_DEADLINE, client_endpoint, create_pod, delete_pod_and_wait,
     describe, is_ready, kill_container_from_host, pod_ip, restart_count, single_member_pod,
     wait_for_pod, wait_ready,
 };
@@ -122,5 +122,4 @@ async fn killed_etcd_restarts_in_place_and_its_keys_survive_on_the_volume_and_po
         Ok(Some("written before the crash".to_string())),
         "the key outlived the pod"
     );
-    delete_namespace(&cluster, ns).await;
 }

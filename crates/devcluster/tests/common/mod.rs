@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bosun_devcluster::fixture::{TestCluster, TestNamespace};
+use bosun_devcluster::fixture::TestCluster;
 use bosun_devcluster::readiness::wait_until;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -386,18 +386,3 @@ pub fn kill_container_from_host(pod: &Pod, container: &str) -> Result<i32, Strin
     ))
 }
 
-/// Asks the API server to delete the test's namespace (and so its pods and
-/// claims) and waits for the answer, not for the deletion.
-///
-/// TODO: remove once `TestNamespace`'s `Drop` deletes the namespace: it
-/// spawns the request on the test's runtime, which `#[tokio::test]` shuts
-/// down before the task runs, so the namespace is never deleted.
-pub async fn delete_namespace(cluster: &TestCluster, ns: TestNamespace) {
-    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
-    if let Err(e) = namespaces
-        .delete(&ns.name, &DeleteParams::background())
-        .await
-    {
-        eprintln!("deleting namespace {}: {e}", ns.name);
-    }
-}
