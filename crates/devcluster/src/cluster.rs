@@ -283,7 +283,21 @@ pub async fn up(opts: &UpOptions) -> Result<RunningCluster, DevError> {
     // Leftover processes of this state directory (a crashed run) hold the
     // ports; stop them first. Then the ports must be free: if another
     // cluster holds them, touching the host network would break it.
-    supervisor::kill_processes_using(layout.root()).await;
+    let leftovers = supervisor::kill_processes_using(layout.root()).await;
+    if leftovers > 0 {
+        // The kernel may still be closing the sockets of the processes just
+        // stopped; give it a moment before calling a port taken.
+        let _ = wait_until(
+            "the stopped processes' ports to be free",
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || {
+                let dev = dev.clone();
+                async move { Ok(check_ports(&dev).is_ok()) }
+            },
+        )
+        .await;
+    }
     check_ports(&dev)?;
     tracing::info!("clearing what an earlier run left on the host");
     dev.clean_host(Some(&tools)).await;

@@ -134,7 +134,9 @@ impl Drop for TestNamespace {
                 .build()
                 .map_err(|e| e.to_string())?;
             runtime.block_on(async move {
-                let client = crate::cluster::client_from(&kubeconfig).await.map_err(|e| e.to_string())?;
+                let client = crate::cluster::client_from(&kubeconfig)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let api: Api<Namespace> = Api::all(client);
                 match api.delete(&name, &DeleteParams::background()).await {
                     Ok(_) => Ok(()),

@@ -200,8 +200,17 @@ pub fn processes_using(state_dir: &Path) -> Vec<(i32, String)> {
         .collect()
 }
 
-/// Stops every process [`processes_using`] finds: SIGTERM, then SIGKILL.
-pub async fn kill_processes_using(state_dir: &Path) {
+/// Whether a process still exists with open files. A multi-threaded
+/// program's main thread can already be a zombie (empty command line) while
+/// its other threads still hold its sockets; only an empty `fd` table means
+/// its ports and files are released.
+fn holds_files(pid: i32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|mut fds| fds.next().is_some())
+}
+
+/// Stops every process [`processes_using`] finds: SIGTERM, then SIGKILL, and
+/// returns (how many there were) once they have released their files.
+pub async fn kill_processes_using(state_dir: &Path) -> usize {
     let found = processes_using(state_dir);
     for (pid, cmdline) in &found {
         tracing::info!(
@@ -210,11 +219,22 @@ pub async fn kill_processes_using(state_dir: &Path) {
         );
         let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !processes_using(state_dir).is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let pids: Vec<i32> = found.iter().map(|(pid, _)| *pid).collect();
+    let released_within = |limit: Duration| {
+        let pids = pids.clone();
+        async move {
+            let deadline = Instant::now() + limit;
+            while pids.iter().any(|pid| holds_files(*pid)) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // Leftovers of a crashed run get a short grace period: their data is
+    // safe on disk, and waiting longer only delays the restart.
+    released_within(Duration::from_secs(5)).await;
+    for pid in pids.iter().filter(|pid| holds_files(**pid)) {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
     }
-    for (pid, _) in processes_using(state_dir) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    }
+    released_within(Duration::from_secs(10)).await;
+    found.len()
 }

@@ -148,7 +148,7 @@ fn unmount_all(root: &Path) {
 /// Safe to run when nothing is left.
 pub async fn tear_down(layout: &Layout, network: &Network, kube_proxy: Option<&Path>) {
     kill_pods().await;
-    supervisor::kill_processes_using(layout.root()).await;
+    let _ = supervisor::kill_processes_using(layout.root()).await;
     kill_pods().await;
     unmount_all(layout.root());
     remove_cgroups();

@@ -124,11 +124,20 @@ mod tests {
         std::fs::write(dir.join("versions.env"), "KUBERNETES_VERSION=v1.37.2\n").expect("versions");
         let tools = Tools::load(&dir).expect("tools load");
         let err = tools.bin("kube-apiserver").expect_err("nothing is built");
-        assert!(err.to_string().contains("kube-apiserver is missing"), "{err}");
-        assert!(err.to_string().contains("scripts/setup.sh --cluster"), "{err}");
+        assert!(
+            err.to_string().contains("kube-apiserver is missing"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("scripts/setup.sh --cluster"),
+            "{err}"
+        );
         assert!(tools.etcd_dir("3.6.16").is_err());
         let missing = Tools::load(dir.join("nowhere")).expect_err("no versions.env");
-        assert!(missing.to_string().contains("scripts/setup.sh --cluster"), "{missing}");
+        assert!(
+            missing.to_string().contains("scripts/setup.sh --cluster"),
+            "{missing}"
+        );
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 

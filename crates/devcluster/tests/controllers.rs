@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bosun_devcluster::fixture::TestCluster;
 use bosun_devcluster::image::PAUSE_IMAGE;
 use bosun_devcluster::readiness::wait_until;
-use common::{POLL};
+use common::POLL;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use bosun_devcluster::fixture::TestCluster;
 use bosun_devcluster::readiness::wait_until;
 use common::{
-    CLIENT_PORT, Etcdctl, PEER_PORT, POLL, client_endpoint, create_pod, describe,
-    member_fqdn, peer_member_pod, pod_ip, restart_count, single_member_pod, wait_ready,
+    CLIENT_PORT, Etcdctl, PEER_PORT, POLL, client_endpoint, create_pod, describe, member_fqdn,
+    peer_member_pod, pod_ip, restart_count, single_member_pod, wait_ready,
 };
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Api;

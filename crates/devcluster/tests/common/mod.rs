@@ -385,4 +385,3 @@ pub fn kill_container_from_host(pod: &Pod, container: &str) -> Result<i32, Strin
         "no process on this host is PID 1 of container {id}; is the test running on the dev cluster's node as root?"
     ))
 }
-
