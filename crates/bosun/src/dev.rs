@@ -109,7 +109,7 @@ async fn up_foreground(args: UpArgs) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
-            _ = shutdown_signal() => break,
+            _ = crate::signals::terminated() => break,
             _ = tick.tick() => {
                 let snapshot = running.status().snapshot();
                 if let Ok(json) = serde_json::to_vec_pretty(&snapshot) {
@@ -125,22 +125,6 @@ async fn up_foreground(args: UpArgs) -> anyhow::Result<()> {
         opts.state_dir.display()
     );
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the cluster could never be stopped cleanly.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }
 
 /// Starts a supervisor in the background and returns when it is ready.

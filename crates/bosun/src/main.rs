@@ -5,6 +5,8 @@
 
 mod crds;
 mod dev;
+mod operator;
+mod signals;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,8 +35,8 @@ enum Command {
     /// A real single-node Kubernetes on this machine, built from upstream components.
     #[command(subcommand)]
     Dev(dev::DevCommand),
-    /// Run the operator against the cluster of the current kubeconfig (not yet implemented).
-    Operator,
+    /// Run the operator against the cluster of a kubeconfig (or in cluster).
+    Operator(operator::OperatorArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,7 +52,7 @@ fn main() -> ExitCode {
         Command::Crds { out_dir: None } => crds::print(&mut std::io::stdout().lock()),
         Command::Crds { out_dir: Some(dir) } => crds::write_dir(&dir),
         Command::Dev(command) => dev::run(command),
-        Command::Operator => not_yet("operator"),
+        Command::Operator(args) => operator::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -59,8 +61,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn not_yet(command: &str) -> anyhow::Result<()> {
-    anyhow::bail!("`bosun {command}` is not yet implemented")
 }

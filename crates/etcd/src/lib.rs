@@ -7,3 +7,4 @@
 //! spec (see [`cluster::objects`]), so that only `reconcile` does I/O.
 
 pub mod cluster;
+pub mod members;

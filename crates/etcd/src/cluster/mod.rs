@@ -4,3 +4,5 @@
 //! [`objects`] computes the Kubernetes objects a cluster owns (pure).
 
 pub mod objects;
+pub mod plan;
+pub mod reconcile;

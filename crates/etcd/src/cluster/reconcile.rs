@@ -1,0 +1,818 @@
+//! The EtcdCluster reconciler: observe (etcd membership and health, member
+//! pods, volumes), decide one step with [`plan::next_step`], carry it out,
+//! and write status. Every pass starts from what is observed, so killing
+//! the operator between any two calls leads to a correct finish after a
+//! restart.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bosun_api::EtcdCluster;
+use bosun_api::cluster::{ClusterPhase, MemberStatus};
+use bosun_api::conditions::{self, reasons};
+use bosun_api::validation::{check_version_change, validate_cluster};
+use bosun_api::version::EtcdVersion;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+use super::objects::{self, InitialState, MemberPodParams};
+use super::plan::{self, Desired, MemberView, Observed, PodView, RemoveReason, Step};
+use crate::members::{self, EtcdError, EtcdMembers};
+
+/// The name the operator applies objects and publishes events as.
+pub const MANAGER: &str = "bosun-etcd-operator";
+
+/// What the reconciler needs: no globals.
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// Publishes Events on EtcdClusters.
+    pub recorder: Recorder,
+}
+
+/// Why a pass failed; the controller retries with back-off.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// An etcd call failed.
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    /// The EtcdCluster lacks namespace or uid.
+    #[error(transparent)]
+    Identity(#[from] objects::ObjectError),
+}
+
+/// Runs the EtcdCluster controller until `shutdown` is cancelled.
+pub async fn run(client: Client, shutdown: CancellationToken) {
+    let hostname = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "local".into());
+    let reporter = Reporter {
+        controller: MANAGER.into(),
+        instance: Some(hostname),
+    };
+    let context = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+    });
+    let owned = watcher::Config::default().labels(&format!(
+        "{}={}",
+        objects::MANAGED_BY_LABEL,
+        objects::MANAGER
+    ));
+    Controller::new(
+        Api::<EtcdCluster>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Pod>::all(client.clone()), owned.clone())
+    .owns(Api::<PersistentVolumeClaim>::all(client.clone()), owned)
+    .graceful_shutdown_on(async move { shutdown.cancelled().await })
+    .run(reconcile, error_policy, context)
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            tracing::debug!("reconcile: {e}");
+        }
+    })
+    .await;
+}
+
+/// Retries a failed pass after a short back-off.
+pub fn error_policy(cluster: Arc<EtcdCluster>, error: &Error, _: Arc<Context>) -> Action {
+    tracing::warn!(cluster = %cluster.name_any(), "reconcile failed: {error}");
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// One pass over one EtcdCluster.
+#[tracing::instrument(skip_all, fields(namespace = cluster.namespace().unwrap_or_default(), name = cluster.name_any()))]
+pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    objects::check_identity(&cluster)?;
+    let pass = Pass::new(&cluster, &ctx);
+
+    if let Err(errors) = validate_cluster(&cluster.spec) {
+        let message = errors.to_string();
+        pass.event(EventType::Warning, reasons::INVALID_SPEC, &message)
+            .await;
+        pass.write_status(ClusterPhase::Invalid, None, |c| {
+            set_condition(
+                c,
+                conditions::DEGRADED,
+                true,
+                reasons::INVALID_SPEC,
+                &message,
+                pass.generation,
+            );
+            set_condition(
+                c,
+                conditions::PROGRESSING,
+                false,
+                reasons::INVALID_SPEC,
+                "the spec is invalid; nothing is changed",
+                pass.generation,
+            );
+        })
+        .await?;
+        return Ok(Action::await_change());
+    }
+
+    pass.apply_services().await?;
+    let observation = pass.observe().await?;
+
+    if cluster.spec.paused {
+        let message = "spec.paused is set: the operator changes nothing";
+        pass.write_status(ClusterPhase::Paused, Some(&observation), |c| {
+            set_condition(
+                c,
+                conditions::PROGRESSING,
+                false,
+                reasons::PAUSED,
+                message,
+                pass.generation,
+            );
+        })
+        .await?;
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
+
+    let (target, refusal) = pass.target_version(&observation);
+    if let Some(message) = &refusal {
+        pass.event(EventType::Warning, reasons::VERSION_CHANGE_REFUSED, message)
+            .await;
+    }
+    let desired = Desired {
+        size: usize::try_from(cluster.spec.size).unwrap_or(1),
+        version: target.to_string(),
+    };
+    let step = plan::next_step(&desired, &observation.plan);
+    tracing::debug!(?step, "next step");
+    let requeue = pass.carry_out(&step, &observation, &target).await?;
+
+    let phase = phase_of(&step, &observation);
+    let healthy = observation.healthy_voters();
+    let voters = observation.voters();
+    pass.write_status(phase, Some(&observation), |c| {
+        let available = voters > 0 && healthy * 2 > voters;
+        set_condition(
+            c,
+            conditions::AVAILABLE,
+            available,
+            if available {
+                "QuorumHealthy"
+            } else {
+                "QuorumUnhealthy"
+            },
+            &format!("{healthy} of {voters} voting members are healthy"),
+            pass.generation,
+        );
+        let (progressing, reason, message) = describe(&step);
+        set_condition(
+            c,
+            conditions::PROGRESSING,
+            progressing,
+            reason,
+            &message,
+            pass.generation,
+        );
+        match (&step, &refusal) {
+            (Step::QuorumLost { message }, _) => set_condition(
+                c,
+                conditions::DEGRADED,
+                true,
+                reasons::QUORUM_LOST,
+                message,
+                pass.generation,
+            ),
+            (_, Some(message)) => set_condition(
+                c,
+                conditions::DEGRADED,
+                true,
+                reasons::VERSION_CHANGE_REFUSED,
+                message,
+                pass.generation,
+            ),
+            _ if healthy < observation.members().len() => set_condition(
+                c,
+                conditions::DEGRADED,
+                true,
+                "MemberUnhealthy",
+                "some members are not healthy",
+                pass.generation,
+            ),
+            _ => set_condition(
+                c,
+                conditions::DEGRADED,
+                false,
+                "AsExpected",
+                "every member is healthy",
+                pass.generation,
+            ),
+        }
+    })
+    .await?;
+    Ok(requeue)
+}
+
+/// What one pass observed.
+struct Observation {
+    plan: Observed,
+    /// Member name → pod IP, for pods that have one.
+    pod_ips: BTreeMap<String, String>,
+    /// The membership as etcd lists it (with URLs), when known.
+    listed: Option<Vec<members::Member>>,
+    /// Member name → its own status, when it answered.
+    statuses: BTreeMap<String, members::MemberStatus>,
+}
+
+impl Observation {
+    fn members(&self) -> &[MemberView] {
+        self.plan.members.as_deref().unwrap_or_default()
+    }
+    fn voters(&self) -> usize {
+        self.members().iter().filter(|m| !m.learner).count()
+    }
+    fn healthy_voters(&self) -> usize {
+        self.members()
+            .iter()
+            .filter(|m| !m.learner && m.healthy)
+            .count()
+    }
+    fn endpoint(&self, member: &str) -> Option<String> {
+        self.pod_ips
+            .get(member)
+            .map(|ip| format!("http://{ip}:{}", objects::CLIENT_PORT))
+    }
+}
+
+/// The name of a member: etcd's, or for a learner that has not started yet
+/// (etcd knows only its peer URL), the host part of that URL.
+fn member_name(member: &members::Member) -> String {
+    if !member.name.is_empty() {
+        return member.name.clone();
+    }
+    member
+        .peer_urls
+        .first()
+        .and_then(|url| url.split("://").nth(1))
+        .and_then(|host| host.split(['.', ':']).next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// One reconcile pass's handles.
+struct Pass<'a> {
+    cluster: &'a EtcdCluster,
+    ctx: &'a Context,
+    name: String,
+    generation: Option<i64>,
+    pods: Api<Pod>,
+    pvcs: Api<PersistentVolumeClaim>,
+}
+
+impl<'a> Pass<'a> {
+    fn new(cluster: &'a EtcdCluster, ctx: &'a Context) -> Self {
+        let ns = cluster.namespace().unwrap_or_default();
+        Pass {
+            cluster,
+            ctx,
+            name: cluster.name_any(),
+            generation: cluster.metadata.generation,
+            pods: Api::namespaced(ctx.client.clone(), &ns),
+            pvcs: Api::namespaced(ctx.client.clone(), &ns),
+        }
+    }
+
+    fn ns(&self) -> String {
+        self.cluster.namespace().unwrap_or_default()
+    }
+
+    async fn event(&self, type_: EventType, reason: &str, note: &str) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = self
+            .ctx
+            .recorder
+            .publish(&event, &self.cluster.object_ref(&()))
+            .await
+        {
+            tracing::warn!("publishing event {reason}: {e}");
+        }
+    }
+
+    async fn apply_services(&self) -> Result<(), Error> {
+        let params = PatchParams::apply(MANAGER).force();
+        let services: Api<Service> = Api::namespaced(self.ctx.client.clone(), &self.ns());
+        for service in [
+            objects::peer_service(self.cluster),
+            objects::client_service(self.cluster),
+        ] {
+            services
+                .patch(&service.name_any(), &params, &Patch::Apply(&service))
+                .await?;
+        }
+        let pdbs: Api<PodDisruptionBudget> = Api::namespaced(self.ctx.client.clone(), &self.ns());
+        let pdb = objects::pod_disruption_budget(self.cluster);
+        pdbs.patch(&pdb.name_any(), &params, &Patch::Apply(&pdb))
+            .await?;
+        Ok(())
+    }
+
+    async fn observe(&self) -> Result<Observation, Error> {
+        let selector = ListParams::default().labels(&objects::label_selector(&self.name));
+        let pods = self.pods.list(&selector).await?.items;
+        let pvcs = self.pvcs.list(&selector).await?.items;
+
+        let mut pod_ips = BTreeMap::new();
+        let mut views = vec![];
+        for pod in &pods {
+            let Some(member) = objects::member_of_pod(pod) else {
+                continue;
+            };
+            let terminating = pod.metadata.deletion_timestamp.is_some();
+            let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone())
+                && running
+                && !terminating
+            {
+                pod_ips.insert(member.clone(), ip);
+            }
+            views.push(PodView {
+                member,
+                terminating,
+                version: objects::version_of_pod(pod).map(|v| v.to_string()),
+            });
+        }
+        let volumes = if self.cluster.spec.storage.empty_dir {
+            vec![]
+        } else {
+            pvcs.iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .map(|p| p.name_any())
+                .collect()
+        };
+
+        let endpoints: Vec<String> = pod_ips
+            .values()
+            .map(|ip| format!("http://{ip}:{}", objects::CLIENT_PORT))
+            .collect();
+        let listed = if endpoints.is_empty() {
+            None
+        } else {
+            match EtcdMembers::connect(&endpoints).await {
+                Ok(mut etcd) => etcd.list().await.ok(),
+                Err(_) => None,
+            }
+        };
+
+        let mut statuses = BTreeMap::new();
+        if let Some(listed) = &listed {
+            let checks = listed.iter().filter_map(|m| {
+                let name = member_name(m);
+                let ip = pod_ips.get(&name)?;
+                let endpoint = format!("http://{ip}:{}", objects::CLIENT_PORT);
+                Some(async move { (name, members::member_status(&endpoint).await) })
+            });
+            for (name, status) in futures::future::join_all(checks).await {
+                if let Ok(status) = status {
+                    statuses.insert(name, status);
+                }
+            }
+        }
+        let leader = statuses
+            .values()
+            .map(|s| s.leader)
+            .find(|l| *l != 0)
+            .unwrap_or(0);
+        let member_views = listed.as_ref().map(|listed| {
+            listed
+                .iter()
+                .map(|m| {
+                    let name = member_name(m);
+                    let healthy = statuses
+                        .get(&name)
+                        .is_some_and(|s| s.errors.is_empty() && s.leader != 0);
+                    MemberView {
+                        id: m.id,
+                        learner: m.is_learner,
+                        healthy,
+                        leader: m.id == leader,
+                        name,
+                    }
+                })
+                .collect()
+        });
+        Ok(Observation {
+            plan: Observed {
+                pods: views,
+                volumes,
+                members: member_views,
+            },
+            pod_ips,
+            listed,
+            statuses,
+        })
+    }
+
+    /// The version to run: the spec's, unless moving there from what runs
+    /// now is not allowed (then what runs now, and why not).
+    fn target_version(&self, observation: &Observation) -> (EtcdVersion, Option<String>) {
+        let wanted: Option<EtcdVersion> = self.cluster.spec.version.parse().ok();
+        let running: Option<EtcdVersion> = observation
+            .plan
+            .pods
+            .iter()
+            .filter_map(|p| p.version.as_deref()?.parse().ok())
+            .min();
+        match (running, wanted) {
+            (Some(running), Some(wanted)) => match check_version_change(&running, &wanted) {
+                Ok(()) => (wanted, None),
+                Err(message) => (running, Some(format!("spec.version: {message}"))),
+            },
+            (None, Some(wanted)) => (wanted, None),
+            (Some(running), None) => (running, None),
+            // Validation passed, so the spec's version parses.
+            (None, None) => unreachable!("validate_cluster checked spec.version"),
+        }
+    }
+
+    fn initial_cluster(
+        &self,
+        observation: &Observation,
+        extra: Option<&str>,
+    ) -> Vec<(String, String)> {
+        let mut names: Vec<String> = observation
+            .members()
+            .iter()
+            .map(|m| m.name.clone())
+            .collect();
+        if observation.plan.members.is_none() {
+            names = observation.plan.volumes.clone();
+        }
+        if let Some(extra) = extra
+            && !names.iter().any(|n| n == extra)
+        {
+            names.push(extra.to_string());
+        }
+        names.sort();
+        names
+            .into_iter()
+            .map(|n| {
+                let url = objects::peer_url(self.cluster, &n);
+                (n, url)
+            })
+            .collect()
+    }
+
+    async fn ensure_volume(&self, member: &str) -> Result<(), Error> {
+        if self.cluster.spec.storage.empty_dir {
+            return Ok(());
+        }
+        let pvc = objects::member_pvc(self.cluster, member);
+        match self.pvcs.create(&PostParams::default(), &pvc).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn create_pod(&self, params: &MemberPodParams) -> Result<(), Error> {
+        let pod = objects::member_pod(self.cluster, params);
+        match self.pods.create(&PostParams::default(), &pod).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn delete_member_objects(&self, member: &str) -> Result<(), Error> {
+        for result in [
+            self.pods
+                .delete(member, &DeleteParams::default())
+                .await
+                .map(drop),
+            if self.cluster.spec.storage.empty_dir {
+                Ok(())
+            } else {
+                self.pvcs
+                    .delete(member, &DeleteParams::default())
+                    .await
+                    .map(drop)
+            },
+        ] {
+            match result {
+                Ok(()) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    fn new_member_name(&self, observation: &Observation) -> String {
+        loop {
+            let name = objects::member_name(&self.name, &objects::random_suffix());
+            let taken = observation.plan.pods.iter().any(|p| p.member == name)
+                || observation.plan.volumes.contains(&name)
+                || observation.members().iter().any(|m| m.name == name);
+            if !taken {
+                return name;
+            }
+        }
+    }
+
+    async fn etcd(&self, observation: &Observation) -> Result<EtcdMembers, Error> {
+        let endpoints: Vec<String> = observation
+            .members()
+            .iter()
+            .filter(|m| m.healthy)
+            .filter_map(|m| observation.endpoint(&m.name))
+            .collect();
+        Ok(EtcdMembers::connect(&endpoints).await?)
+    }
+
+    /// Carries out one step; returns when to look again.
+    async fn carry_out(
+        &self,
+        step: &Step,
+        observation: &Observation,
+        version: &EtcdVersion,
+    ) -> Result<Action, Error> {
+        let soon = Action::requeue(Duration::from_millis(500));
+        match step {
+            Step::CreateSeed => {
+                let member = self.new_member_name(observation);
+                self.ensure_volume(&member).await?;
+                let params = MemberPodParams {
+                    initial_cluster: vec![(
+                        member.clone(),
+                        objects::peer_url(self.cluster, &member),
+                    )],
+                    member: member.clone(),
+                    initial_state: InitialState::New,
+                    version: version.clone(),
+                };
+                self.create_pod(&params).await?;
+                self.event(
+                    EventType::Normal,
+                    "SeedCreated",
+                    &format!("created seed member {member}"),
+                )
+                .await;
+                Ok(soon)
+            }
+            Step::CreatePod { member } => {
+                self.ensure_volume(member).await?;
+                let state =
+                    if observation.plan.members.is_none() && observation.plan.volumes.len() <= 1 {
+                        InitialState::New
+                    } else {
+                        InitialState::Existing
+                    };
+                let params = MemberPodParams {
+                    member: member.clone(),
+                    initial_cluster: self.initial_cluster(observation, Some(member)),
+                    initial_state: state,
+                    version: version.clone(),
+                };
+                self.create_pod(&params).await?;
+                self.event(
+                    EventType::Normal,
+                    "MemberPodCreated",
+                    &format!("created the pod of member {member} ({version})"),
+                )
+                .await;
+                Ok(soon)
+            }
+            Step::AddLearner => {
+                let member = self.new_member_name(observation);
+                self.ensure_volume(&member).await?;
+                let mut etcd = self.etcd(observation).await?;
+                etcd.add_learner(&objects::peer_url(self.cluster, &member))
+                    .await?;
+                self.event(
+                    EventType::Normal,
+                    "MemberAdded",
+                    &format!("added member {member} as a learner"),
+                )
+                .await;
+                let params = MemberPodParams {
+                    member: member.clone(),
+                    initial_cluster: self.initial_cluster(observation, Some(&member)),
+                    initial_state: InitialState::Existing,
+                    version: version.clone(),
+                };
+                self.create_pod(&params).await?;
+                Ok(soon)
+            }
+            Step::Promote { id, member } => {
+                let mut etcd = self.etcd(observation).await?;
+                match etcd.promote(*id).await {
+                    Ok(()) => {
+                        self.event(
+                            EventType::Normal,
+                            "MemberPromoted",
+                            &format!("promoted learner {member} to voter"),
+                        )
+                        .await;
+                        Ok(soon)
+                    }
+                    // etcd refuses until the learner has caught up: look again shortly.
+                    Err(e) => {
+                        tracing::debug!("promoting {member}: {e}");
+                        Ok(Action::requeue(Duration::from_secs(1)))
+                    }
+                }
+            }
+            Step::RemoveMember { id, member, reason } => {
+                let mut etcd = self.etcd(observation).await?;
+                etcd.remove(*id).await?;
+                let why = match reason {
+                    RemoveReason::ScaleDown => "the spec asks for fewer members",
+                    RemoveReason::DataLost => "its data volume is gone; a new member replaces it",
+                };
+                self.event(
+                    EventType::Normal,
+                    "MemberRemoved",
+                    &format!("removed member {member}: {why}"),
+                )
+                .await;
+                self.delete_member_objects(member).await?;
+                Ok(soon)
+            }
+            Step::MoveLeader { to } => {
+                let leader = observation.members().iter().find(|m| m.leader);
+                if let Some(endpoint) = leader.and_then(|l| observation.endpoint(&l.name)) {
+                    let mut etcd = EtcdMembers::connect(&[endpoint]).await?;
+                    etcd.move_leader(*to).await?;
+                    self.event(
+                        EventType::Normal,
+                        "LeaderMoved",
+                        "moved leadership before upgrading the leader",
+                    )
+                    .await;
+                }
+                Ok(soon)
+            }
+            Step::DeleteOrphan { member } => {
+                self.delete_member_objects(member).await?;
+                self.event(
+                    EventType::Normal,
+                    "OrphanDeleted",
+                    &format!("deleted pod and volume {member}, which belong to no member"),
+                )
+                .await;
+                Ok(soon)
+            }
+            Step::Upgrade { member } => {
+                match self.pods.delete(member, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+                self.event(
+                    EventType::Normal,
+                    "MemberUpgrading",
+                    &format!("replacing the pod of member {member} to run {version}"),
+                )
+                .await;
+                Ok(soon)
+            }
+            Step::Wait { .. } => Ok(Action::requeue(Duration::from_secs(2))),
+            Step::QuorumLost { message } => {
+                self.event(EventType::Warning, reasons::QUORUM_LOST, message)
+                    .await;
+                Ok(Action::requeue(Duration::from_secs(5)))
+            }
+            Step::Done => Ok(Action::requeue(Duration::from_secs(30))),
+        }
+    }
+
+    async fn write_status(
+        &self,
+        phase: ClusterPhase,
+        observation: Option<&Observation>,
+        conditions: impl FnOnce(&mut Vec<Condition>),
+    ) -> Result<(), Error> {
+        let mut status = self.cluster.status.clone().unwrap_or_default();
+        status.phase = Some(phase);
+        status.observed_generation = self.generation;
+        status.client_endpoint = Some(objects::client_endpoint(self.cluster));
+        status.target_version = Some(self.cluster.spec.version.clone());
+        if let Some(observation) = observation {
+            status.members = member_statuses(observation);
+            status.ready_members = i32::try_from(observation.healthy_voters()).unwrap_or(i32::MAX);
+            status.current_version = observation
+                .statuses
+                .values()
+                .filter_map(|s| s.version.parse::<EtcdVersion>().ok())
+                .min()
+                .map(|v| v.to_string());
+        }
+        conditions(&mut status.conditions);
+        let api: Api<EtcdCluster> = Api::namespaced(self.ctx.client.clone(), &self.ns());
+        let patch = serde_json::json!({"status": status});
+        api.patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    }
+}
+
+fn member_statuses(observation: &Observation) -> Vec<MemberStatus> {
+    let Some(listed) = &observation.listed else {
+        return vec![];
+    };
+    let mut out: Vec<MemberStatus> = listed
+        .iter()
+        .map(|m| {
+            let name = member_name(m);
+            let view = observation.members().iter().find(|v| v.id == m.id);
+            MemberStatus {
+                id: format!("{:x}", m.id),
+                peer_url: m.peer_urls.first().cloned(),
+                client_urls: m.client_urls.clone(),
+                ready: view.is_some_and(|v| v.healthy),
+                leader: view.is_some_and(|v| v.leader),
+                learner: m.is_learner,
+                version: observation.statuses.get(&name).map(|s| s.version.clone()),
+                name,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+fn phase_of(step: &Step, observation: &Observation) -> ClusterPhase {
+    match step {
+        Step::CreateSeed => ClusterPhase::Creating,
+        Step::QuorumLost { .. } => ClusterPhase::Degraded,
+        Step::Upgrade { .. } | Step::MoveLeader { .. } => ClusterPhase::Upgrading,
+        Step::Done => ClusterPhase::Running,
+        _ if observation.plan.members.is_none() => ClusterPhase::Creating,
+        Step::Wait { .. } if observation.healthy_voters() < observation.voters() => {
+            ClusterPhase::Degraded
+        }
+        _ => ClusterPhase::Scaling,
+    }
+}
+
+fn describe(step: &Step) -> (bool, &'static str, String) {
+    match step {
+        Step::Done => (
+            false,
+            "AsSpecified",
+            "the cluster has its size and version".into(),
+        ),
+        Step::Wait { reason } => (true, "Waiting", format!("waiting for {reason}")),
+        Step::QuorumLost { message } => (false, reasons::QUORUM_LOST, message.clone()),
+        Step::CreateSeed => (true, "Creating", "creating the seed member".into()),
+        Step::Upgrade { member } => (true, "Upgrading", format!("upgrading member {member}")),
+        other => (true, "Reconciling", format!("{other:?}")),
+    }
+}
+
+/// Sets a condition, keeping its transition time when its status is unchanged.
+fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) {
+    let status = if status { "True" } else { "False" }.to_string();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(existing) => {
+            if existing.status != status {
+                existing.last_transition_time = now;
+            }
+            existing.status = status;
+            existing.reason = reason.into();
+            existing.message = message.into();
+            existing.observed_generation = generation;
+        }
+        None => conditions.push(Condition {
+            type_: type_.into(),
+            status,
+            reason: reason.into(),
+            message: message.into(),
+            observed_generation: generation,
+            last_transition_time: now,
+        }),
+    }
+}

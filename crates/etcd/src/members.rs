@@ -1,0 +1,184 @@
+//! Talking to an etcd cluster's members over the v3 API (the `etcd-client`
+//! crate): membership (list, add a learner, promote, remove, move the
+//! leader) and per-member status. Every call has a deadline. Members are
+//! reached by pod IP, which works both from inside the cluster and from a
+//! host running `bosun operator` (cluster DNS names resolve only inside).
+
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions, MemberAddOptions};
+
+/// How long one etcd call may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long connecting may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why an etcd call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    /// No endpoint answered.
+    #[error("no etcd member answered at {endpoints:?}: {source}")]
+    Unreachable {
+        /// The endpoints tried.
+        endpoints: Vec<String>,
+        /// The last error.
+        source: etcd_client::Error,
+    },
+    /// A call failed.
+    #[error("etcd {call} failed: {source}")]
+    Call {
+        /// The call.
+        call: &'static str,
+        /// The error.
+        source: etcd_client::Error,
+    },
+    /// A call ran out of time.
+    #[error("etcd {call} did not answer within {timeout:?}")]
+    Timeout {
+        /// The call.
+        call: &'static str,
+        /// The deadline.
+        timeout: Duration,
+    },
+}
+
+/// One member as etcd lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Member ID.
+    pub id: u64,
+    /// Name: empty for a learner that has not started yet.
+    pub name: String,
+    /// Peer URLs.
+    pub peer_urls: Vec<String>,
+    /// Client URLs: empty until it has started.
+    pub client_urls: Vec<String>,
+    /// Whether it is a learner.
+    pub is_learner: bool,
+}
+
+/// A member's own view of itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// Its ID.
+    pub id: u64,
+    /// The leader it follows (0: none).
+    pub leader: u64,
+    /// Its raft index.
+    pub raft_index: u64,
+    /// Its etcd version.
+    pub version: String,
+    /// Its database size in bytes.
+    pub db_size: i64,
+    /// Whether it is a learner.
+    pub is_learner: bool,
+    /// Alarms or errors it reports.
+    pub errors: Vec<String>,
+}
+
+async fn with_deadline<T>(
+    call: &'static str,
+    future: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, EtcdError> {
+    match tokio::time::timeout(CALL_TIMEOUT, future).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(source)) => Err(EtcdError::Call { call, source }),
+        Err(_) => Err(EtcdError::Timeout {
+            call,
+            timeout: CALL_TIMEOUT,
+        }),
+    }
+}
+
+/// A connection to a cluster through some of its members.
+pub struct EtcdMembers {
+    client: Client,
+}
+
+impl EtcdMembers {
+    /// Connects through `endpoints` (`http://10.88.0.5:2379`, ...).
+    pub async fn connect(endpoints: &[String]) -> Result<Self, EtcdError> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout(CALL_TIMEOUT);
+        match tokio::time::timeout(
+            CONNECT_TIMEOUT * 2,
+            Client::connect(endpoints, Some(options)),
+        )
+        .await
+        {
+            Ok(Ok(client)) => Ok(EtcdMembers { client }),
+            Ok(Err(source)) => Err(EtcdError::Unreachable {
+                endpoints: endpoints.to_vec(),
+                source,
+            }),
+            Err(_) => Err(EtcdError::Timeout {
+                call: "connect",
+                timeout: CONNECT_TIMEOUT * 2,
+            }),
+        }
+    }
+
+    /// The member list.
+    pub async fn list(&mut self) -> Result<Vec<Member>, EtcdError> {
+        let response = with_deadline("member list", self.client.member_list()).await?;
+        Ok(response
+            .members()
+            .iter()
+            .map(|m| Member {
+                id: m.id(),
+                name: m.name().to_string(),
+                peer_urls: m.peer_urls().to_vec(),
+                client_urls: m.client_urls().to_vec(),
+                is_learner: m.is_learner(),
+            })
+            .collect())
+    }
+
+    /// Adds a learner with `peer_url`; returns its ID.
+    pub async fn add_learner(&mut self, peer_url: &str) -> Result<u64, EtcdError> {
+        let options = MemberAddOptions::new().with_is_learner();
+        let response = with_deadline(
+            "member add",
+            self.client.member_add([peer_url], Some(options)),
+        )
+        .await?;
+        Ok(response.member().map(|m| m.id()).unwrap_or_default())
+    }
+
+    /// Promotes a learner; etcd refuses until it has caught up with the leader.
+    pub async fn promote(&mut self, id: u64) -> Result<(), EtcdError> {
+        with_deadline("member promote", self.client.member_promote(id))
+            .await
+            .map(drop)
+    }
+
+    /// Removes a member.
+    pub async fn remove(&mut self, id: u64) -> Result<(), EtcdError> {
+        with_deadline("member remove", self.client.member_remove(id))
+            .await
+            .map(drop)
+    }
+
+    /// Asks the current leader to hand leadership to `id`.
+    pub async fn move_leader(&mut self, id: u64) -> Result<(), EtcdError> {
+        with_deadline("move leader", self.client.move_leader(id))
+            .await
+            .map(drop)
+    }
+}
+
+/// The status of the member at `endpoint` (one member, not the cluster).
+pub async fn member_status(endpoint: &str) -> Result<MemberStatus, EtcdError> {
+    let mut single = EtcdMembers::connect(&[endpoint.to_string()]).await?;
+    let status = with_deadline("status", single.client.status()).await?;
+    Ok(MemberStatus {
+        id: status.header().map(|h| h.member_id()).unwrap_or_default(),
+        leader: status.leader(),
+        raft_index: status.raft_index(),
+        version: status.version().to_string(),
+        db_size: status.db_size(),
+        is_learner: status.is_learner(),
+        errors: status.errors().to_vec(),
+    })
+}
