@@ -51,6 +51,9 @@ pub struct UpArgs {
     /// Return once the cluster is ready and leave it running; stop it with `bosun dev down`.
     #[arg(long)]
     detach: bool,
+    /// Do not run the bosun operator (run `bosun operator` yourself, e.g. from a debugger).
+    #[arg(long)]
+    no_operator: bool,
     /// Directory of the upstream programs built by scripts/setup.sh --cluster.
     #[arg(long, value_name = "DIR", env = "BOSUN_TOOLS_DIR", default_value_os_t = Tools::default_dir())]
     tools_dir: PathBuf,
@@ -88,6 +91,7 @@ async fn up_foreground(args: UpArgs) -> anyhow::Result<()> {
         kubeconfig: args.kubeconfig.clone(),
         tools_dir: args.tools_dir.clone(),
         bosun_binary: std::env::current_exe().ok(),
+        operator: !args.no_operator,
     };
     let started = std::time::Instant::now();
     let running = cluster::up(&opts).await?;
@@ -146,6 +150,9 @@ fn detach(args: &UpArgs) -> anyhow::Result<()> {
     }
     if args.fresh {
         command.arg("--fresh");
+    }
+    if args.no_operator {
+        command.arg("--no-operator");
     }
     use std::os::unix::process::CommandExt;
     let mut child = command

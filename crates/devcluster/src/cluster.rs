@@ -39,6 +39,8 @@ pub struct UpOptions {
     pub tools_dir: PathBuf,
     /// The bosun binary to put into the operator image, if any.
     pub bosun_binary: Option<PathBuf>,
+    /// Run `bosun operator` (this binary) against the cluster once it is ready.
+    pub operator: bool,
 }
 
 /// What can stop `bosun dev up`.
@@ -376,6 +378,28 @@ pub async fn up(opts: &UpOptions) -> Result<RunningCluster, DevError> {
         tracing::error!("{e}; taking the cluster down again");
         running.stop().await;
         return Err(e);
+    }
+    if opts.operator
+        && let Some(bosun) = &opts.bosun_binary
+    {
+        tracing::info!("starting the bosun operator");
+        let spec = crate::components::ComponentSpec {
+            name: "bosun-operator",
+            program: bosun.clone(),
+            args: vec![
+                "operator".into(),
+                "--kubeconfig".into(),
+                admin_src.to_string_lossy().into_owned(),
+            ],
+            env: vec![],
+        };
+        match supervisor::start(spec, &layout.logs(), running.status.clone()) {
+            Ok(operator) => running.components.push(operator),
+            Err(e) => {
+                running.stop().await;
+                return Err(DevError::Start(e));
+            }
+        }
     }
     std::fs::copy(&admin_src, layout.admin_kubeconfig())
         .map_err(io_error(&layout.admin_kubeconfig()))?;
