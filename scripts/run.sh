@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job: builds everything and runs `bosun dev up`, a real
-# single-node Kubernetes with bosun's CRDs installed, in the foreground
-# until Ctrl-C. Another terminal: export KUBECONFIG=~/.bosun/dev/kubeconfig
+# The main job: builds everything, starts `bosun dev` (a real single-node
+# Kubernetes running the bosun operator), applies examples/etcd-cluster.yaml
+# and waits until that etcd cluster is Available. The cluster keeps running
+# afterwards; `target/debug/bosun dev down` stops it (its data is kept).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,4 +10,35 @@ scripts/setup.sh --cluster
 
 echo "==> building bosun"
 cargo build --locked -p bosun
-exec target/debug/bosun dev up "$@"
+
+tools=${BOSUN_TOOLS_DIR:-$HOME/.bosun/tools}
+state=${BOSUN_DEV_STATE_DIR:-$HOME/.bosun/dev}
+export KUBECONFIG=$state/kubeconfig
+kubectl=$tools/bin/kubectl
+
+if target/debug/bosun dev status --state-dir "$state" | grep -q '^running'; then
+  echo "==> bosun dev is already running"
+else
+  echo "==> bosun dev up"
+  target/debug/bosun dev up --detach --state-dir "$state" "$@"
+fi
+
+echo "==> kubectl apply -f examples/etcd-cluster.yaml"
+$kubectl apply -f examples/etcd-cluster.yaml
+echo "==> waiting for the etcd cluster to be Available"
+$kubectl wait etcd/example --for=condition=Available --timeout=300s
+$kubectl get etcd example
+
+pod=$($kubectl get pods -l app.kubernetes.io/instance=example -o jsonpath='{.items[0].metadata.name}')
+cat <<MSG
+
+The example etcd cluster runs. Try:
+
+  export KUBECONFIG=$KUBECONFIG PATH=$tools/bin:\$PATH
+  kubectl get etcd
+  kubectl exec $pod -- etcdctl --endpoints=http://example-client:2379 put greeting hello
+  kubectl exec $pod -- etcdctl --endpoints=http://example-client:2379 get greeting
+  kubectl scale etcd/example --replicas=5
+
+Stop everything with: target/debug/bosun dev down
+MSG

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 
@@ -150,6 +150,53 @@ impl Drop for TestNamespace {
             eprintln!("deleting test namespace {}: {e}", self.name);
         }
     }
+}
+
+/// Kills the main process of `container` in `pod` with SIGKILL from the
+/// host, the way the kernel's OOM killer ends it, and returns its host PID.
+///
+/// `kubectl exec <pod> -- kill -9 1` cannot do this: etcd is PID 1 of the
+/// container's PID namespace, and the kernel drops signals sent to a
+/// namespace's init from inside the namespace unless the process handles
+/// them, which SIGKILL cannot be. From the host's PID namespace (the test
+/// runs on the node, as root, like the kubelet) the signal is delivered.
+/// The process is found by the container ID in its cgroup path and by being
+/// PID 1 in its own namespace (`NSpid`).
+pub fn kill_container_from_host(pod: &Pod, container: &str) -> Result<i32, String> {
+    let id = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.iter().find(|c| c.name == container))
+        .and_then(|c| c.container_id.as_deref())
+        .and_then(|id| id.split_once("://").map(|(_, id)| id.to_string()))
+        .ok_or_else(|| format!("container {container} has no container ID yet"))?;
+    let procs = std::fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))?;
+    for entry in procs.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let in_container = std::fs::read_to_string(entry.path().join("cgroup"))
+            .is_ok_and(|cgroups| cgroups.contains(&id));
+        let is_init = std::fs::read_to_string(entry.path().join("status")).is_ok_and(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .and_then(|pids| pids.split_whitespace().last())
+                == Some("1")
+        });
+        if in_container && is_init {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .map_err(|e| format!("kill -9 {pid}: {e}"))?;
+            return Ok(pid);
+        }
+    }
+    Err(format!(
+        "no process on this host is PID 1 of container {id}; is the test running on the dev cluster's node as root?"
+    ))
 }
 
 /// Starts (once, under a lock) a detached cluster in the default state dir.

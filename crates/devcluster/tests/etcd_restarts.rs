@@ -8,9 +8,10 @@ mod common;
 use std::time::Instant;
 
 use bosun_devcluster::fixture::TestCluster;
+use bosun_devcluster::fixture::kill_container_from_host;
 use common::{
     Etcdctl, POD_DEADLINE, client_endpoint, create_pod, delete_pod_and_wait, describe, is_ready,
-    kill_container_from_host, pod_ip, restart_count, single_member_pod, wait_for_pod, wait_ready,
+    pod_ip, restart_count, single_member_pod, wait_for_pod, wait_ready,
 };
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::Api;

@@ -3,92 +3,21 @@
 //! to five and back with every key intact, and leaves nothing behind when
 //! it is deleted.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use bosun_api::EtcdCluster;
 use bosun_devcluster::fixture::TestCluster;
 use bosun_devcluster::readiness::wait_until;
 use bosun_etcd::cluster::objects;
-use etcd_client::{Client as EtcdClient, GetOptions};
+use common::{
+    DEADLINE, POLL, count_keys, etcd_client, example_cluster, member_pods, wait_for_members,
+};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Api;
 use kube::api::ListParams;
-
-const DEADLINE: Duration = Duration::from_secs(180);
-const POLL: Duration = Duration::from_millis(250);
-
-fn example_cluster(namespace: &str) -> String {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../examples/etcd-cluster.yaml"
-    );
-    let text = std::fs::read_to_string(path).expect("examples/etcd-cluster.yaml");
-    let mut value: serde_json::Value = serde_yaml_ng::from_str(&text).expect("example parses");
-    value["metadata"]["namespace"] = namespace.into();
-    serde_json::to_string(&value).expect("json")
-}
-
-async fn wait_for_members(api: &Api<EtcdCluster>, name: &str, voters: usize) {
-    wait_until(
-        &format!("{name} to be Available with {voters} healthy voters"),
-        DEADLINE,
-        POLL,
-        || async move {
-            let cluster = api.get(name).await.map_err(|e| e.to_string())?;
-            let Some(status) = cluster.status else {
-                return Ok(false);
-            };
-            let available = status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Available" && c.status == "True");
-            let healthy_voters = status
-                .members
-                .iter()
-                .filter(|m| m.ready && !m.learner)
-                .count();
-            Ok(available
-                && status.ready_members as usize == voters
-                && status.members.len() == voters
-                && healthy_voters == voters
-                && status.observed_generation == cluster.metadata.generation)
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-}
-
-async fn member_pods(cluster: &TestCluster, ns: &str, name: &str) -> Vec<Pod> {
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);
-    pods.list(&ListParams::default().labels(&objects::label_selector(name)))
-        .await
-        .expect("list pods")
-        .items
-}
-
-async fn etcd_client(cluster: &TestCluster, ns: &str, name: &str) -> EtcdClient {
-    let endpoints: Vec<String> = member_pods(cluster, ns, name)
-        .await
-        .iter()
-        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
-        .map(|ip| format!("http://{ip}:2379"))
-        .collect();
-    EtcdClient::connect(endpoints, None)
-        .await
-        .expect("connect to etcd")
-}
-
-async fn count_keys(etcd: &mut EtcdClient, prefix: &str) -> i64 {
-    etcd.get(
-        prefix,
-        Some(GetOptions::new().with_prefix().with_count_only()),
-    )
-    .await
-    .expect("count keys")
-    .count()
-}
 
 #[tokio::test]
 async fn example_cluster_becomes_available_scales_3_5_3_keeping_keys_and_deletes_cleanly() {

@@ -1,0 +1,148 @@
+//! Faults of one member heal back to full size with every key: a killed
+//! etcd process (restarted in place by its pod), a deleted pod (recreated on
+//! its volume with the same identity) and a deleted pod with its volume
+//! (the member is replaced by a new one).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use bosun_api::EtcdCluster;
+use bosun_devcluster::fixture::{TestCluster, kill_container_from_host};
+use bosun_devcluster::readiness::wait_until;
+use common::{DEADLINE, POLL, count_keys, etcd_client, member_pods, wait_for_members};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+
+const KEYS: usize = 300;
+
+async fn member_names(api: &Api<EtcdCluster>, name: &str) -> BTreeSet<String> {
+    let cluster = api.get(name).await.expect("get cluster");
+    cluster
+        .status
+        .map(|s| s.members.into_iter().map(|m| m.name).collect())
+        .unwrap_or_default()
+}
+
+async fn assert_all_keys(cluster: &TestCluster, ns: &str) {
+    let mut etcd = etcd_client(cluster, ns, "healing").await;
+    assert_eq!(count_keys(&mut etcd, "/heal/").await, KEYS as i64);
+}
+
+#[tokio::test]
+async fn member_faults_heal_to_full_size_with_every_key() {
+    let cluster = TestCluster::connect().await;
+    let ns = cluster.namespace("etcd-healing").await;
+    let api: Api<EtcdCluster> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let object: EtcdCluster = serde_json::from_value(serde_json::json!({
+        "apiVersion": "etcd.bosun.dev/v1alpha1", "kind": "EtcdCluster",
+        "metadata": {"name": "healing", "namespace": ns.name},
+        "spec": {"size": 3, "storage": {"size": "1Gi"}}
+    }))
+    .expect("cluster object");
+    api.create(&PostParams::default(), &object)
+        .await
+        .expect("create cluster");
+    wait_for_members(&api, "healing", 3).await;
+
+    let mut etcd = etcd_client(&cluster, &ns.name, "healing").await;
+    for i in 0..KEYS {
+        etcd.put(format!("/heal/{i:04}"), "v", None)
+            .await
+            .expect("put");
+    }
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
+
+    // 1. kill -9 of one member's etcd process.
+    let victim = member_pods(&cluster, &ns.name, "healing").await.remove(0);
+    let victim_name = victim.metadata.name.clone().expect("pod name");
+    let started = Instant::now();
+    kill_container_from_host(&victim, "etcd").unwrap_or_else(|e| panic!("{e}"));
+    wait_until("the killed member to restart", DEADLINE, POLL, || {
+        let pods = pods.clone();
+        let victim_name = victim_name.clone();
+        async move {
+            let pod = pods.get(&victim_name).await.map_err(|e| e.to_string())?;
+            Ok(pod
+                .status
+                .and_then(|s| s.container_statuses)
+                .is_some_and(|c| c.iter().any(|c| c.name == "etcd" && c.restart_count >= 1)))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    wait_for_members(&api, "healing", 3).await;
+    eprintln!(
+        "after kill -9: full health in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_all_keys(&cluster, &ns.name).await;
+
+    // 2. Deletion of one member pod: it comes back with the same identity.
+    let before = member_names(&api, "healing").await;
+    let old_uid = pods.get(&victim_name).await.expect("pod").metadata.uid;
+    let started = Instant::now();
+    pods.delete(&victim_name, &DeleteParams::default())
+        .await
+        .expect("delete pod");
+    wait_until(
+        "the deleted member's pod to come back",
+        DEADLINE,
+        POLL,
+        || {
+            let pods = pods.clone();
+            let victim_name = victim_name.clone();
+            let old_uid = old_uid.clone();
+            async move {
+                let pod = pods
+                    .get_opt(&victim_name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(pod.is_some_and(|p| {
+                    p.metadata.deletion_timestamp.is_none() && p.metadata.uid != old_uid
+                }))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    wait_for_members(&api, "healing", 3).await;
+    eprintln!(
+        "after pod deletion: full health in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        member_names(&api, "healing").await,
+        before,
+        "same members, no membership change"
+    );
+    assert_all_keys(&cluster, &ns.name).await;
+
+    // 3. Deletion of one member pod and its PVC: the member is replaced.
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let started = Instant::now();
+    pvcs.delete(&victim_name, &DeleteParams::default())
+        .await
+        .expect("delete pvc");
+    pods.delete(&victim_name, &DeleteParams::default())
+        .await
+        .expect("delete pod");
+    wait_until("the lost member to be replaced", DEADLINE, POLL, || {
+        let api = api.clone();
+        let victim_name = victim_name.clone();
+        async move {
+            let names = member_names(&api, "healing").await;
+            Ok(names.len() == 3 && !names.contains(&victim_name))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    wait_for_members(&api, "healing", 3).await;
+    eprintln!(
+        "after pod+PVC deletion: full health in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_all_keys(&cluster, &ns.name).await;
+}
