@@ -219,6 +219,13 @@ pub fn tear_down(net: &Network, saved_dir: &Path) -> Result<(), NetworkError> {
     let _ = run("iptables", &["-w", "-F", GUARD_CHAIN]);
     let _ = run("iptables", &["-w", "-X", GUARD_CHAIN]);
     if run("ip", &["link", "show", net.bridge]).is_ok() {
+        // Pods' host-side veths: deleting one end deletes both. Left to the
+        // kernel, they go only when their network namespace is freed, which
+        // happens asynchronously, some time after the last unmount.
+        let attached = run("ip", &["-o", "link", "show", "master", net.bridge])?;
+        for veth in attached_links(&attached) {
+            let _ = run("ip", &["link", "delete", &veth]);
+        }
         run("ip", &["link", "delete", net.bridge])?;
     }
     for sysctl in SYSCTLS {
@@ -312,6 +319,16 @@ fn split_rule(rule: &str) -> Vec<String> {
     args
 }
 
+/// Link names in `ip -o link show` output (`5: vethab12@if2: <...> ...`).
+fn attached_links(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter_map(|line| line.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_string())
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
 fn sysctl_name(path: &str) -> String {
     path.trim_start_matches("/proc/sys/").replace('/', ".")
 }
@@ -368,6 +385,13 @@ mod tests {
             split_rule("X -m comment --comment \"a b\" -j Y"),
             ["X", "-m", "comment", "--comment", "a b", "-j", "Y"]
         );
+    }
+
+    #[test]
+    fn reads_link_names_from_ip_output() {
+        let output = "7: veth1a2b3c4d@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 master bosun0\n8: vethffff0000@if2: <BROADCAST> mtu 1500 master bosun0\n";
+        assert_eq!(attached_links(output), ["veth1a2b3c4d", "vethffff0000"]);
+        assert!(attached_links("").is_empty());
     }
 
     #[test]

@@ -91,6 +91,21 @@ fn bosun(args: &[&str], state_dir: &Path) {
     assert!(status.success(), "bosun {args:?} failed");
 }
 
+/// Takes a test's cluster down and removes its state directory when the
+/// test ends, also when it fails, so that no failed run leaves the host
+/// changed for the next one.
+struct ClusterGuard(PathBuf);
+
+impl Drop for ClusterGuard {
+    fn drop(&mut self) {
+        let _ = Command::new(bosun_binary())
+            .args(["dev", "down", "--state-dir"])
+            .arg(&self.0)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn state_dir(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("bosun-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -102,6 +117,7 @@ fn state_dir(test: &str) -> PathBuf {
 async fn down_leaves_the_host_as_it_was_and_up_survives_a_killed_supervisor() {
     let dir = state_dir("lifecycle");
     let before = host_state(&dir);
+    let _guard = ClusterGuard(dir.clone());
 
     bosun(&["dev", "up", "--detach"], &dir);
     let running = host_state(&dir);
@@ -167,6 +183,7 @@ async fn down_leaves_the_host_as_it_was_and_up_survives_a_killed_supervisor() {
 async fn a_port_in_use_is_named_and_nothing_is_changed() {
     let dir = state_dir("port");
     let before = host_state(&dir);
+    let _guard = ClusterGuard(dir.clone());
     let _holder = std::net::TcpListener::bind("127.0.0.1:12379").expect("take etcd's port");
     let out = Command::new(bosun_binary())
         .args(["dev", "up", "--state-dir"])
@@ -187,6 +204,7 @@ async fn a_port_in_use_is_named_and_nothing_is_changed() {
 #[ignore = "needs the host's ports: run by scripts/test.sh with --run-ignored only"]
 async fn a_state_dir_of_another_version_is_refused_and_kept() {
     let dir = state_dir("stale");
+    let _guard = ClusterGuard(dir.clone());
     std::fs::create_dir_all(dir.join("data")).expect("data dir");
     std::fs::write(
         dir.join("data").join("STATE"),

@@ -1,0 +1,153 @@
+//! What the operator refuses to do: nothing changes while `spec.paused` is
+//! set, nothing changes when the spec is invalid (a rule only the operator
+//! checks), and a version change that skips a minor version is refused —
+//! each reported in a condition with the message.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use bosun_api::EtcdCluster;
+use bosun_devcluster::fixture::TestCluster;
+use bosun_devcluster::readiness::wait_until;
+use common::{DEADLINE, POLL, member_pods, wait_for_members};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+
+/// The condition `type_` if the operator has written it for the current generation.
+async fn current_condition(
+    api: &Api<EtcdCluster>,
+    name: &str,
+    type_: &str,
+) -> Result<Option<Condition>, String> {
+    let cluster = api.get(name).await.map_err(|e| e.to_string())?;
+    let generation = cluster.metadata.generation;
+    Ok(cluster.status.and_then(|s| {
+        s.conditions
+            .into_iter()
+            .find(|c| c.type_ == type_ && c.observed_generation == generation)
+    }))
+}
+
+/// Waits until the operator has looked at the current generation and set
+/// condition `type_` to `status` with `reason`; returns its message.
+async fn wait_for_condition(
+    api: &Api<EtcdCluster>,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: &str,
+) -> String {
+    wait_until(
+        &format!("{type_}={status} ({reason})"),
+        DEADLINE,
+        POLL,
+        || async move {
+            let condition = current_condition(api, name, type_).await?;
+            Ok(condition.is_some_and(|c| c.status == status && c.reason == reason))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    current_condition(api, name, type_)
+        .await
+        .ok()
+        .flatten()
+        .map(|c| c.message)
+        .unwrap_or_default()
+}
+
+async fn pod_uids(cluster: &TestCluster, ns: &str, name: &str) -> BTreeSet<String> {
+    member_pods(cluster, ns, name)
+        .await
+        .into_iter()
+        .filter_map(|p| p.metadata.uid)
+        .collect()
+}
+
+fn merge(value: serde_json::Value) -> Patch<serde_json::Value> {
+    Patch::Merge(value)
+}
+
+#[tokio::test]
+async fn paused_invalid_and_skipping_specs_leave_the_running_cluster_alone() {
+    let cluster = TestCluster::connect().await;
+    let ns = cluster.namespace("etcd-guards").await;
+    let api: Api<EtcdCluster> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let object: EtcdCluster = serde_json::from_value(serde_json::json!({
+        "apiVersion": "etcd.bosun.dev/v1alpha1", "kind": "EtcdCluster",
+        "metadata": {"name": "guarded", "namespace": ns.name},
+        "spec": {"size": 1, "version": "3.5.35", "storage": {"size": "1Gi"}}
+    }))
+    .expect("cluster object");
+    api.create(&PostParams::default(), &object)
+        .await
+        .expect("create");
+    wait_for_members(&api, "guarded", 1).await;
+    let pods_before = pod_uids(&cluster, &ns.name, "guarded").await;
+    let params = PatchParams::default();
+
+    // Paused: a scale-up is not carried out, and the condition says why.
+    api.patch(
+        "guarded",
+        &params,
+        &merge(serde_json::json!({"spec": {"paused": true, "size": 3}})),
+    )
+    .await
+    .expect("pause and scale");
+    let message = wait_for_condition(&api, "guarded", "Progressing", "False", "Paused").await;
+    assert!(message.contains("paused"), "{message}");
+    assert_eq!(pod_uids(&cluster, &ns.name, "guarded").await, pods_before);
+
+    // Invalid (a rule of the operator's, not of the schema): ETCD_* variables.
+    api.patch(
+        "guarded",
+        &params,
+        &merge(serde_json::json!({"spec": {"paused": false, "podTemplate": {"env": [{"name": "ETCD_NAME", "value": "x"}]}}})),
+    )
+    .await
+    .expect("invalid patch is stored");
+    let message = wait_for_condition(&api, "guarded", "Degraded", "True", "InvalidSpec").await;
+    assert!(
+        message.contains("spec.podTemplate.env[0].name"),
+        "{message}"
+    );
+    let phase = api
+        .get("guarded")
+        .await
+        .expect("get")
+        .status
+        .and_then(|s| s.phase);
+    assert_eq!(phase, Some(bosun_api::cluster::ClusterPhase::Invalid));
+    assert_eq!(pod_uids(&cluster, &ns.name, "guarded").await, pods_before);
+
+    // Back to valid, size 1; then two minor versions ahead of what runs
+    // (each spec step is one minor, as the schema demands, but the members
+    // still run 3.5): refused, members keep 3.5.
+    api.patch(
+        "guarded",
+        &params,
+        &merge(serde_json::json!({"spec": {"podTemplate": null, "size": 1, "paused": true}})),
+    )
+    .await
+    .expect("valid again, paused");
+    api.patch(
+        "guarded",
+        &params,
+        &merge(serde_json::json!({"spec": {"version": "3.6.16"}})),
+    )
+    .await
+    .expect("one minor up");
+    api.patch(
+        "guarded",
+        &params,
+        &merge(serde_json::json!({"spec": {"version": "3.7.3", "paused": false}})),
+    )
+    .await
+    .expect("another minor up");
+    let message =
+        wait_for_condition(&api, "guarded", "Degraded", "True", "VersionChangeRefused").await;
+    assert!(message.contains("skips a minor version"), "{message}");
+    assert_eq!(pod_uids(&cluster, &ns.name, "guarded").await, pods_before);
+}

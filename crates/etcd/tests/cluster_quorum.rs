@@ -1,0 +1,124 @@
+//! Losing a majority: with their volumes intact every member comes back and
+//! every key with them; with their volumes gone the operator changes no
+//! membership and says that a restore from backup is needed.
+
+mod common;
+
+use bosun_api::EtcdCluster;
+use bosun_devcluster::fixture::TestCluster;
+use bosun_devcluster::readiness::wait_until;
+use common::{DEADLINE, POLL, count_keys, etcd_client, member_pods, wait_for_members};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+
+async fn create(api: &Api<EtcdCluster>, ns: &str, name: &str) {
+    let object: EtcdCluster = serde_json::from_value(serde_json::json!({
+        "apiVersion": "etcd.bosun.dev/v1alpha1", "kind": "EtcdCluster",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"size": 3, "storage": {"size": "1Gi"}}
+    }))
+    .expect("cluster object");
+    api.create(&PostParams::default(), &object)
+        .await
+        .expect("create");
+    wait_for_members(api, name, 3).await;
+}
+
+async fn member_ids(api: &Api<EtcdCluster>, name: &str) -> Vec<String> {
+    let status = api.get(name).await.expect("get").status.unwrap_or_default();
+    let mut ids: Vec<String> = status.members.into_iter().map(|m| m.id).collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn majority_of_pods_lost_with_volumes_intact_recovers_every_key() {
+    let cluster = TestCluster::connect().await;
+    let ns = cluster.namespace("etcd-majority-pods").await;
+    let api: Api<EtcdCluster> = Api::namespaced(cluster.client.clone(), &ns.name);
+    create(&api, &ns.name, "majority").await;
+    let mut etcd = etcd_client(&cluster, &ns.name, "majority").await;
+    for i in 0..200 {
+        etcd.put(format!("/m/{i:03}"), "v", None)
+            .await
+            .expect("put");
+    }
+    let ids = member_ids(&api, "majority").await;
+
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
+    for pod in member_pods(&cluster, &ns.name, "majority")
+        .await
+        .iter()
+        .take(2)
+    {
+        let name = pod.metadata.name.clone().expect("name");
+        pods.delete(&name, &DeleteParams::default())
+            .await
+            .expect("delete pod");
+    }
+    wait_for_members(&api, "majority", 3).await;
+    assert_eq!(
+        member_ids(&api, "majority").await,
+        ids,
+        "the same members came back"
+    );
+    let mut etcd = etcd_client(&cluster, &ns.name, "majority").await;
+    assert_eq!(count_keys(&mut etcd, "/m/").await, 200);
+}
+
+#[tokio::test]
+async fn majority_of_members_lost_with_their_volumes_reports_degraded_and_changes_nothing() {
+    let cluster = TestCluster::connect().await;
+    let ns = cluster.namespace("etcd-majority-data").await;
+    let api: Api<EtcdCluster> = Api::namespaced(cluster.client.clone(), &ns.name);
+    create(&api, &ns.name, "lost").await;
+    let ids = member_ids(&api, "lost").await;
+
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), &ns.name);
+    for pod in member_pods(&cluster, &ns.name, "lost").await.iter().take(2) {
+        let name = pod.metadata.name.clone().expect("name");
+        pvcs.delete(&name, &DeleteParams::default())
+            .await
+            .expect("delete pvc");
+        pods.delete(&name, &DeleteParams::default())
+            .await
+            .expect("delete pod");
+    }
+    wait_until("Degraded with reason QuorumLost", DEADLINE, POLL, || {
+        let api = api.clone();
+        async move {
+            let status = api
+                .get("lost")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            Ok(status.conditions.iter().any(|c| {
+                c.type_ == "Degraded"
+                    && c.status == "True"
+                    && c.reason == "QuorumLost"
+                    && c.message.contains("restore")
+            }))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        member_ids(&api, "lost").await,
+        ids,
+        "no membership change without quorum"
+    );
+    let left: Vec<String> = member_pods(&cluster, &ns.name, "lost")
+        .await
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert_eq!(
+        left.len(),
+        1,
+        "no pod was created for a member whose data is gone: {left:?}"
+    );
+}
