@@ -9,8 +9,8 @@ use bosun_devcluster::readiness::wait_until;
 use bosun_etcd::cluster::objects;
 use etcd_client::{Client as EtcdClient, GetOptions};
 use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
 use kube::api::ListParams;
+use kube::{Api, ResourceExt};
 
 pub const DEADLINE: Duration = Duration::from_secs(180);
 pub const POLL: Duration = Duration::from_millis(250);
@@ -33,7 +33,7 @@ pub async fn wait_for_members(api: &Api<EtcdCluster>, name: &str, voters: usize)
         POLL,
         || async move {
             let cluster = api.get(name).await.map_err(|e| e.to_string())?;
-            let Some(status) = cluster.status else {
+            let Some(status) = cluster.status.clone() else {
                 return Ok(false);
             };
             let available = status
@@ -45,10 +45,25 @@ pub async fn wait_for_members(api: &Api<EtcdCluster>, name: &str, voters: usize)
                 .iter()
                 .filter(|m| m.ready && !m.learner)
                 .count();
+            // The status alone can be stale right after a fault: the pods
+            // must agree (one Ready, non-terminating pod per member).
+            let pods: Api<Pod> = Api::namespaced(
+                api.clone().into_client(),
+                &cluster.namespace().unwrap_or_default(),
+            );
+            let ready_pods = pods
+                .list(&ListParams::default().labels(&objects::label_selector(name)))
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none() && is_ready(p))
+                .count();
             Ok(available
                 && status.ready_members as usize == voters
                 && status.members.len() == voters
                 && healthy_voters == voters
+                && ready_pods == voters
                 && status.observed_generation == cluster.metadata.generation)
         },
     )
@@ -64,10 +79,22 @@ pub async fn member_pods(cluster: &TestCluster, ns: &str, name: &str) -> Vec<Pod
         .items
 }
 
+/// Whether a pod's Ready condition is True.
+pub fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// A client of the cluster through its Ready member pods (a pod being
+/// deleted may still list an address nobody answers on).
 pub async fn etcd_client(cluster: &TestCluster, ns: &str, name: &str) -> EtcdClient {
     let endpoints: Vec<String> = member_pods(cluster, ns, name)
         .await
         .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| is_ready(p))
         .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
         .map(|ip| format!("http://{ip}:2379"))
         .collect();
