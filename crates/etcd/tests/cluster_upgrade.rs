@@ -1,0 +1,130 @@
+//! A rolling upgrade from etcd 3.5 to 3.6 while a client writes without
+//! pause: every acknowledged write is readable afterwards, and at every
+//! observation at least `size - 1` members are healthy.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bosun_api::EtcdCluster;
+use bosun_devcluster::fixture::TestCluster;
+use bosun_devcluster::readiness::wait_until;
+use common::{DEADLINE, POLL, count_keys, etcd_client, wait_for_members};
+use etcd_client::GetOptions;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+
+#[tokio::test]
+async fn upgrade_3_5_to_3_6_under_writes_keeps_every_acknowledged_write() {
+    let cluster = TestCluster::connect().await;
+    let ns = cluster.namespace("etcd-upgrade").await;
+    let api: Api<EtcdCluster> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let object: EtcdCluster = serde_json::from_value(serde_json::json!({
+        "apiVersion": "etcd.bosun.dev/v1alpha1", "kind": "EtcdCluster",
+        "metadata": {"name": "rolling", "namespace": ns.name},
+        "spec": {"size": 3, "version": "3.5.35", "storage": {"size": "1Gi"}}
+    }))
+    .expect("cluster object");
+    api.create(&PostParams::default(), &object)
+        .await
+        .expect("create");
+    wait_for_members(&api, "rolling", 3).await;
+
+    // A writer that counts acknowledged writes; failures during a member's
+    // restart are expected and simply not counted.
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writer_client = etcd_client(&cluster, &ns.name, "rolling").await;
+    let writer = tokio::spawn({
+        let acknowledged = acknowledged.clone();
+        let stop = stop.clone();
+        async move {
+            let mut next = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("/w/{next:06}");
+                let put =
+                    tokio::time::timeout(Duration::from_secs(2), writer_client.put(key, "v", None))
+                        .await;
+                if matches!(put, Ok(Ok(_))) {
+                    acknowledged.fetch_add(1, Ordering::Relaxed);
+                    next += 1;
+                }
+            }
+        }
+    });
+
+    let started = Instant::now();
+    api.patch(
+        "rolling",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"version": "3.6.16"}})),
+    )
+    .await
+    .expect("upgrade");
+    let lowest_healthy = Arc::new(AtomicUsize::new(usize::MAX));
+    wait_until("every member to run 3.6.16", DEADLINE, POLL, || {
+        let api = api.clone();
+        let lowest_healthy = lowest_healthy.clone();
+        async move {
+            let status = api
+                .get("rolling")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            let healthy = status.members.iter().filter(|m| m.ready).count();
+            lowest_healthy.fetch_min(healthy, Ordering::Relaxed);
+            Ok(status.members.len() == 3
+                && status
+                    .members
+                    .iter()
+                    .all(|m| m.ready && m.version.as_deref() == Some("3.6.16")))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    wait_for_members(&api, "rolling", 3).await;
+    eprintln!(
+        "upgrade of size 3 took {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer");
+    let written = acknowledged.load(Ordering::Relaxed);
+    assert!(written > 0, "the writer wrote during the upgrade");
+    // Keys are written in order and a key is retried until acknowledged, so
+    // the acknowledged ones are exactly /w/000000 .. /w/{written - 1}.
+    let mut etcd = etcd_client(&cluster, &ns.name, "rolling").await;
+    let acknowledged_range = etcd
+        .get(
+            "/w/000000",
+            Some(
+                GetOptions::new()
+                    .with_range(format!("/w/{written:06}"))
+                    .with_count_only(),
+            ),
+        )
+        .await
+        .expect("count acknowledged keys")
+        .count();
+    assert_eq!(
+        acknowledged_range, written as i64,
+        "every acknowledged write is there"
+    );
+    assert!(count_keys(&mut etcd, "/w/").await >= written as i64);
+    let lowest = lowest_healthy.load(Ordering::Relaxed);
+    assert!(
+        lowest >= 2,
+        "at some observation only {lowest} members were healthy"
+    );
+    let status = api
+        .get("rolling")
+        .await
+        .expect("get")
+        .status
+        .expect("status");
+    assert_eq!(status.current_version.as_deref(), Some("3.6.16"));
+}
