@@ -125,6 +125,31 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
         return Ok(Action::await_change());
     }
 
+    if cluster
+        .spec
+        .bootstrap
+        .as_ref()
+        .is_some_and(|b| b.restore.is_some())
+    {
+        // Seeding from a backup arrives with the backup and restore work;
+        // until then an empty cluster must not stand in for the user's data.
+        let message = "spec.bootstrap.restore is not supported by this operator version yet; no member is created";
+        pass.event(EventType::Warning, "BootstrapRestoreUnsupported", message)
+            .await;
+        pass.write_status(ClusterPhase::Invalid, None, |c| {
+            set_condition(
+                c,
+                conditions::DEGRADED,
+                true,
+                "BootstrapRestoreUnsupported",
+                message,
+                pass.generation,
+            );
+        })
+        .await?;
+        return Ok(Action::await_change());
+    }
+
     pass.apply_services().await?;
     let observation = pass.observe().await?;
 
