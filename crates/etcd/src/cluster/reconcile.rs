@@ -716,7 +716,9 @@ impl<'a> Pass<'a> {
                 .await;
                 Ok(soon)
             }
-            Step::Wait { .. } => Ok(Action::requeue(Duration::from_secs(2))),
+            // Waits are short: a starting member becomes healthy without any
+            // Kubernetes event to wake the controller.
+            Step::Wait { .. } => Ok(Action::requeue(Duration::from_millis(500))),
             Step::QuorumLost { message } => {
                 self.event(EventType::Warning, reasons::QUORUM_LOST, message)
                     .await;
