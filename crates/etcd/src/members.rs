@@ -74,6 +74,10 @@ pub struct MemberStatus {
     pub is_learner: bool,
     /// Alarms or errors it reports.
     pub errors: Vec<String>,
+    /// The version of its data's format (etcd 3.6 and later; empty before).
+    /// etcd migrates it some time after every member runs a new minor
+    /// version, and the next minor version refuses data not yet migrated.
+    pub storage_version: String,
 }
 
 async fn with_deadline<T>(
@@ -168,6 +172,20 @@ impl EtcdMembers {
     }
 }
 
+/// The member list as the first of `endpoints` that answers sees it. Each
+/// endpoint is asked on its own: a client balanced over all of them fails
+/// whenever it picks a member that is down.
+pub async fn list_through_any(endpoints: &[String]) -> Option<Vec<Member>> {
+    for endpoint in endpoints {
+        if let Ok(mut single) = EtcdMembers::connect(std::slice::from_ref(endpoint)).await
+            && let Ok(members) = single.list().await
+        {
+            return Some(members);
+        }
+    }
+    None
+}
+
 /// The status of the member at `endpoint` (one member, not the cluster).
 pub async fn member_status(endpoint: &str) -> Result<MemberStatus, EtcdError> {
     let mut single = EtcdMembers::connect(&[endpoint.to_string()]).await?;
@@ -180,5 +198,6 @@ pub async fn member_status(endpoint: &str) -> Result<MemberStatus, EtcdError> {
         db_size: status.db_size(),
         is_learner: status.is_learner(),
         errors: status.errors().to_vec(),
+        storage_version: status.storage_version().to_string(),
     })
 }

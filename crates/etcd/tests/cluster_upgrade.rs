@@ -1,6 +1,12 @@
 //! A rolling upgrade from etcd 3.5 to 3.6 while a client writes without
 //! pause: every acknowledged write is readable afterwards, and at every
-//! observation at least `size - 1` members are healthy.
+//! observation at least `size - 1` members are healthy. A minor downgrade is
+//! then refused by the API server itself.
+//!
+//! The next step, 3.6 to 3.7, is not here: etcd 3.7.3 panics replaying the
+//! WAL of a cluster that was born on 3.5 ("unmarshal should never fail"),
+//! even after the storage version reached 3.6. A cluster born on 3.6
+//! upgrades to 3.7 (bench/etcd-operator.sh). See docs/etcd-cluster.md.
 
 mod common;
 
@@ -15,6 +21,119 @@ use common::{DEADLINE, POLL, count_keys, etcd_client, wait_for_members};
 use etcd_client::GetOptions;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
+
+/// Upgrades the cluster to `version` while writing keys under `prefix`, and
+/// checks that every acknowledged write is there and that at least two of
+/// three members were healthy at every observation.
+async fn upgrade_under_writes(
+    cluster: &TestCluster,
+    ns: &str,
+    api: &Api<EtcdCluster>,
+    version: &str,
+    prefix: &str,
+) {
+    // A writer that counts acknowledged writes; failures during a member's
+    // restart are expected and simply not counted (the key is retried).
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writer_client = etcd_client(cluster, ns, "rolling").await;
+    let writer = tokio::spawn({
+        let acknowledged = acknowledged.clone();
+        let stop = stop.clone();
+        let prefix = prefix.to_string();
+        async move {
+            let mut next = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("{prefix}{next:06}");
+                let put =
+                    tokio::time::timeout(Duration::from_secs(2), writer_client.put(key, "v", None))
+                        .await;
+                if matches!(put, Ok(Ok(_))) {
+                    acknowledged.fetch_add(1, Ordering::Relaxed);
+                    next += 1;
+                }
+            }
+        }
+    });
+
+    let started = Instant::now();
+    api.patch(
+        "rolling",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"version": version}})),
+    )
+    .await
+    .expect("upgrade");
+    let lowest_healthy = Arc::new(AtomicUsize::new(usize::MAX));
+    wait_until(
+        &format!("every member to run {version}"),
+        DEADLINE,
+        POLL,
+        || {
+            let api = api.clone();
+            let lowest_healthy = lowest_healthy.clone();
+            async move {
+                let status = api
+                    .get("rolling")
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .status
+                    .unwrap_or_default();
+                let healthy = status.members.iter().filter(|m| m.ready).count();
+                lowest_healthy.fetch_min(healthy, Ordering::Relaxed);
+                Ok(status.members.len() == 3
+                    && status
+                        .members
+                        .iter()
+                        .all(|m| m.ready && m.version.as_deref() == Some(version)))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    wait_for_members(api, "rolling", 3).await;
+    eprintln!(
+        "upgrade of size 3 to {version} took {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer");
+    let written = acknowledged.load(Ordering::Relaxed);
+    assert!(written > 0, "the writer wrote during the upgrade");
+    // Keys are written in order and a key is retried until acknowledged, so
+    // the acknowledged ones are exactly {prefix}000000 .. {prefix}{written - 1}.
+    let mut etcd = etcd_client(cluster, ns, "rolling").await;
+    let acknowledged_range = etcd
+        .get(
+            format!("{prefix}000000"),
+            Some(
+                GetOptions::new()
+                    .with_range(format!("{prefix}{written:06}"))
+                    .with_count_only(),
+            ),
+        )
+        .await
+        .expect("count acknowledged keys")
+        .count();
+    assert_eq!(
+        acknowledged_range, written as i64,
+        "every acknowledged write is there"
+    );
+    assert!(count_keys(&mut etcd, prefix).await >= written as i64);
+    let lowest = lowest_healthy.load(Ordering::Relaxed);
+    assert!(
+        lowest >= 2,
+        "at some observation only {lowest} members were healthy"
+    );
+    let status = api
+        .get("rolling")
+        .await
+        .expect("get")
+        .status
+        .expect("status");
+    assert_eq!(status.current_version.as_deref(), Some(version));
+}
 
 #[tokio::test]
 async fn upgrade_3_5_to_3_6_under_writes_keeps_every_acknowledged_write() {
@@ -32,99 +151,26 @@ async fn upgrade_3_5_to_3_6_under_writes_keeps_every_acknowledged_write() {
         .expect("create");
     wait_for_members(&api, "rolling", 3).await;
 
-    // A writer that counts acknowledged writes; failures during a member's
-    // restart are expected and simply not counted.
-    let acknowledged = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut writer_client = etcd_client(&cluster, &ns.name, "rolling").await;
-    let writer = tokio::spawn({
-        let acknowledged = acknowledged.clone();
-        let stop = stop.clone();
-        async move {
-            let mut next = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let key = format!("/w/{next:06}");
-                let put =
-                    tokio::time::timeout(Duration::from_secs(2), writer_client.put(key, "v", None))
-                        .await;
-                if matches!(put, Ok(Ok(_))) {
-                    acknowledged.fetch_add(1, Ordering::Relaxed);
-                    next += 1;
-                }
-            }
-        }
-    });
+    upgrade_under_writes(&cluster, &ns.name, &api, "3.6.16", "/w36/").await;
 
-    let started = Instant::now();
-    api.patch(
-        "rolling",
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"spec": {"version": "3.6.16"}})),
-    )
-    .await
-    .expect("upgrade");
-    let lowest_healthy = Arc::new(AtomicUsize::new(usize::MAX));
-    wait_until("every member to run 3.6.16", DEADLINE, POLL, || {
-        let api = api.clone();
-        let lowest_healthy = lowest_healthy.clone();
-        async move {
-            let status = api
-                .get("rolling")
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .unwrap_or_default();
-            let healthy = status.members.iter().filter(|m| m.ready).count();
-            lowest_healthy.fetch_min(healthy, Ordering::Relaxed);
-            Ok(status.members.len() == 3
-                && status
-                    .members
-                    .iter()
-                    .all(|m| m.ready && m.version.as_deref() == Some("3.6.16")))
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    wait_for_members(&api, "rolling", 3).await;
-    eprintln!(
-        "upgrade of size 3 took {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
-
-    stop.store(true, Ordering::Relaxed);
-    writer.await.expect("writer");
-    let written = acknowledged.load(Ordering::Relaxed);
-    assert!(written > 0, "the writer wrote during the upgrade");
-    // Keys are written in order and a key is retried until acknowledged, so
-    // the acknowledged ones are exactly /w/000000 .. /w/{written - 1}.
-    let mut etcd = etcd_client(&cluster, &ns.name, "rolling").await;
-    let acknowledged_range = etcd
-        .get(
-            "/w/000000",
-            Some(
-                GetOptions::new()
-                    .with_range(format!("/w/{written:06}"))
-                    .with_count_only(),
-            ),
+    // Going back down a minor version is refused by the API server (CEL).
+    let refused = api
+        .patch(
+            "rolling",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"version": "3.5.35"}})),
         )
         .await
-        .expect("count acknowledged keys")
-        .count();
-    assert_eq!(
-        acknowledged_range, written as i64,
-        "every acknowledged write is there"
-    );
-    assert!(count_keys(&mut etcd, "/w/").await >= written as i64);
-    let lowest = lowest_healthy.load(Ordering::Relaxed);
-    assert!(
-        lowest >= 2,
-        "at some observation only {lowest} members were healthy"
-    );
-    let status = api
-        .get("rolling")
-        .await
-        .expect("get")
-        .status
-        .expect("status");
-    assert_eq!(status.current_version.as_deref(), Some("3.6.16"));
+        .expect_err("a minor downgrade is refused");
+    match refused {
+        kube::Error::Api(status) => {
+            assert_eq!(status.code, 422);
+            assert!(
+                status.message.contains("may not go down a minor version"),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("expected the API server's refusal, got {other}"),
+    }
 }

@@ -169,7 +169,7 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
 
-    let (target, refusal) = pass.target_version(&observation);
+    let (target, refusal, held) = pass.target_version(&observation);
     if let Some(message) = &refusal {
         pass.event(EventType::Warning, reasons::VERSION_CHANGE_REFUSED, message)
             .await;
@@ -180,7 +180,16 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
     };
     let step = plan::next_step(&desired, &observation.plan);
     tracing::debug!(?step, "next step");
-    let requeue = pass.carry_out(&step, &observation, &target).await?;
+    let mut requeue = pass.carry_out(&step, &observation, &target).await?;
+    let step = match step {
+        Step::Done if held => {
+            requeue = Action::requeue(Duration::from_secs(2));
+            Step::Wait {
+                reason: "etcd to migrate its data format before the next minor version".into(),
+            }
+        }
+        step => step,
+    };
 
     let phase = phase_of(&step, &observation);
     let healthy = observation.healthy_voters();
@@ -394,14 +403,7 @@ impl<'a> Pass<'a> {
             .values()
             .map(|ip| format!("http://{ip}:{}", objects::CLIENT_PORT))
             .collect();
-        let listed = if endpoints.is_empty() {
-            None
-        } else {
-            match EtcdMembers::connect(&endpoints).await {
-                Ok(mut etcd) => etcd.list().await.ok(),
-                Err(_) => None,
-            }
-        };
+        let listed = members::list_through_any(&endpoints).await;
 
         let mut statuses = BTreeMap::new();
         if let Some(listed) = &listed {
@@ -454,7 +456,8 @@ impl<'a> Pass<'a> {
 
     /// The version to run: the spec's, unless moving there from what runs
     /// now is not allowed (then what runs now, and why not).
-    fn target_version(&self, observation: &Observation) -> (EtcdVersion, Option<String>) {
+    /// Also says whether the upgrade is held until etcd migrates its data.
+    fn target_version(&self, observation: &Observation) -> (EtcdVersion, Option<String>, bool) {
         let wanted: Option<EtcdVersion> = self.cluster.spec.version.parse().ok();
         let running: Option<EtcdVersion> = observation
             .plan
@@ -464,11 +467,20 @@ impl<'a> Pass<'a> {
             .min();
         match (running, wanted) {
             (Some(running), Some(wanted)) => match check_version_change(&running, &wanted) {
-                Ok(()) => (wanted, None),
-                Err(message) => (running, Some(format!("spec.version: {message}"))),
+                Ok(())
+                    if wanted.minor_line() > running.minor_line()
+                        && !storage_migrated_to(observation, &running) =>
+                {
+                    // Not refused, only not yet: etcd migrates its data format
+                    // after a minor upgrade, and the next minor version will
+                    // not start on data that is not migrated.
+                    (running, None, true)
+                }
+                Ok(()) => (wanted, None, false),
+                Err(message) => (running, Some(format!("spec.version: {message}")), false),
             },
-            (None, Some(wanted)) => (wanted, None),
-            (Some(running), None) => (running, None),
+            (None, Some(wanted)) => (wanted, None, false),
+            (Some(running), None) => (running, None, false),
             // Validation passed, so the spec's version parses.
             (None, None) => unreachable!("validate_cluster checked spec.version"),
         }
@@ -756,6 +768,19 @@ impl<'a> Pass<'a> {
             .await?;
         Ok(())
     }
+}
+
+/// Whether every member that reports a storage version (etcd 3.6 and
+/// later) has migrated its data to `running`'s minor version. Members of
+/// older versions report none and need no migration to be read by the next.
+fn storage_migrated_to(observation: &Observation, running: &EtcdVersion) -> bool {
+    observation.statuses.values().all(|status| {
+        status.storage_version.is_empty()
+            || status
+                .storage_version
+                .parse::<EtcdVersion>()
+                .is_ok_and(|v| v.minor_line() >= running.minor_line())
+    })
 }
 
 fn member_statuses(observation: &Observation) -> Vec<MemberStatus> {
