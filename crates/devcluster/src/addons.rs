@@ -24,6 +24,14 @@ pub enum AddonError {
         /// The parse error.
         source: serde_yaml_ng::Error,
     },
+    /// A typed object did not convert to a dynamic one.
+    #[error("converting {what} for apply: {source}")]
+    Convert {
+        /// Which object.
+        what: String,
+        /// The conversion error.
+        source: serde_json::Error,
+    },
     /// The API refused an object.
     #[error("applying {kind} {name}: {source}")]
     Apply {
@@ -53,6 +61,27 @@ pub async fn apply_yaml(client: &Client, what: &str, yaml: &str) -> Result<(), A
         apply_object(client, object).await?;
     }
     Ok(())
+}
+
+/// Applies a typed object (a k8s-openapi or kube-derived resource).
+pub async fn apply_resource<K>(client: &Client, resource: &K) -> Result<(), AddonError>
+where
+    K: serde::Serialize + kube::Resource<DynamicType = ()>,
+{
+    let convert_error = |source| AddonError::Convert {
+        what: format!(
+            "{} {}",
+            K::kind(&()),
+            resource.meta().name.as_deref().unwrap_or_default()
+        ),
+        source,
+    };
+    let value = serde_json::to_value(resource).map_err(convert_error)?;
+    apply_object(
+        client,
+        serde_json::from_value(value).map_err(convert_error)?,
+    )
+    .await
 }
 
 /// Applies one object of any kind the API server serves.

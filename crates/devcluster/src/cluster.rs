@@ -197,7 +197,6 @@ fn check_state_stamp(layout: &Layout, tools: &Tools) -> Result<(), DevError> {
 
 fn check_ports(dev: &DevCluster) -> Result<(), DevError> {
     let p = dev.ports;
-    let node = dev.network.node_ip;
     let loopback = Ipv4Addr::LOCALHOST;
     let wanted = [
         (loopback, p.etcd_client, "etcd client"),
@@ -210,7 +209,6 @@ fn check_ports(dev: &DevCluster) -> Result<(), DevError> {
         (loopback, p.proxy_healthz, "kube-proxy healthz"),
         (loopback, p.proxy_metrics, "kube-proxy metrics"),
     ];
-    let _ = node;
     for (addr, port, component) in wanted {
         if TcpListener::bind(SocketAddr::from((addr, port))).is_err() {
             return Err(DevError::PortInUse { port, component });
@@ -479,13 +477,7 @@ async fn start_components(
     .map_err(wait_error)?;
 
     tracing::info!("add-ons: storage, DNS, bosun CRDs");
-    let class = serde_json::to_value(storage::storage_class())
-        .map_err(|e| DevError::Client(e.to_string()))?;
-    addons::apply_object(
-        &client,
-        serde_json::from_value(class).map_err(|e| DevError::Client(e.to_string()))?,
-    )
-    .await?;
+    addons::apply_resource(&client, &storage::storage_class()).await?;
     let token = CancellationToken::new();
     let task = tokio::spawn({
         let client = client.clone();
@@ -515,12 +507,7 @@ async fn start_components(
     )
     .await?;
     for crd in bosun_api::crd::all() {
-        let value = serde_json::to_value(crd).map_err(|e| DevError::Client(e.to_string()))?;
-        addons::apply_object(
-            &client,
-            serde_json::from_value(value).map_err(|e| DevError::Client(e.to_string()))?,
-        )
-        .await?;
+        addons::apply_resource(&client, &crd).await?;
     }
 
     wait_until(

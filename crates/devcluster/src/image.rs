@@ -178,6 +178,19 @@ pub enum ImageError {
 }
 
 impl ImageError {
+    /// A `map_err` adapter for I/O on `path` while doing `action`.
+    pub(crate) fn io(
+        action: &'static str,
+        path: &Path,
+    ) -> impl FnOnce(std::io::Error) -> ImageError {
+        let path = path.to_path_buf();
+        move |source| ImageError::Io {
+            action,
+            path,
+            source,
+        }
+    }
+
     /// A failed command, reported as a problem with `package`.
     fn for_package(self, package: &str) -> ImageError {
         match self {

@@ -106,6 +106,17 @@ impl Drop for ClusterGuard {
     }
 }
 
+/// Runs `bosun dev up` expecting it to fail; returns what it printed on stderr.
+fn refused_up(state_dir: &Path) -> String {
+    let out = Command::new(bosun_binary())
+        .args(["dev", "up", "--state-dir"])
+        .arg(state_dir)
+        .output()
+        .expect("bosun runs");
+    assert!(!out.status.success(), "bosun dev up succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn state_dir(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("bosun-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -175,7 +186,6 @@ async fn down_leaves_the_host_as_it_was_and_up_survives_a_killed_supervisor() {
     bosun(&["dev", "down"], &dir);
     let after = host_state(&dir);
     assert_eq!(after, before, "bosun dev down left the host changed");
-    std::fs::remove_dir_all(&dir).expect("remove state dir");
 }
 
 #[tokio::test]
@@ -185,19 +195,12 @@ async fn a_port_in_use_is_named_and_nothing_is_changed() {
     let before = host_state(&dir);
     let _guard = ClusterGuard(dir.clone());
     let _holder = std::net::TcpListener::bind("127.0.0.1:12379").expect("take etcd's port");
-    let out = Command::new(bosun_binary())
-        .args(["dev", "up", "--state-dir"])
-        .arg(&dir)
-        .output()
-        .expect("bosun runs");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_up(&dir);
     assert!(
         stderr.contains("port 12379 (etcd client) is in use"),
         "{stderr}"
     );
     assert_eq!(host_state(&dir), before);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -212,13 +215,7 @@ async fn a_state_dir_of_another_version_is_refused_and_kept() {
     )
     .expect("stamp");
     std::fs::write(dir.join("data").join("precious"), "keep me").expect("marker");
-    let out = Command::new(bosun_binary())
-        .args(["dev", "up", "--state-dir"])
-        .arg(&dir)
-        .output()
-        .expect("bosun runs");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_up(&dir);
     assert!(
         stderr.contains("another bosun version") && stderr.contains("--fresh"),
         "{stderr}"
@@ -227,5 +224,4 @@ async fn a_state_dir_of_another_version_is_refused_and_kept() {
         std::fs::read_to_string(dir.join("data").join("precious")).expect("kept"),
         "keep me"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

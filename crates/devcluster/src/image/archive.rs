@@ -206,15 +206,7 @@ fn write_with_temporaries(
         "manifests": [manifest_descriptor],
     });
 
-    let io_err = |action: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ImageError::Io {
-            action,
-            path,
-            source,
-        }
-    };
-    let file = File::create(archive_tmp).map_err(io_err("create", archive_tmp))?;
+    let file = File::create(archive_tmp).map_err(ImageError::io("create", archive_tmp))?;
     let mut out = tar::Builder::new(CountingWriter::new(BufWriter::new(file)));
 
     let mut blobs: Vec<(String, BlobSource<'_>)> = vec![
@@ -257,16 +249,19 @@ fn write_with_temporaries(
         )?;
         Ok(())
     };
-    write(&mut out).map_err(io_err("write", archive_tmp))?;
-    let counting = out.into_inner().map_err(io_err("write", archive_tmp))?;
+    write(&mut out).map_err(ImageError::io("write", archive_tmp))?;
+    let counting = out
+        .into_inner()
+        .map_err(ImageError::io("write", archive_tmp))?;
     let size = counting.count;
     let file = counting
         .inner
         .into_inner()
-        .map_err(|e| io_err("write", archive_tmp)(e.into_error()))?;
-    file.sync_all().map_err(io_err("write", archive_tmp))?;
+        .map_err(|e| ImageError::io("write", archive_tmp)(e.into_error()))?;
+    file.sync_all()
+        .map_err(ImageError::io("write", archive_tmp))?;
     drop(file);
-    std::fs::rename(archive_tmp, dest).map_err(io_err("rename into", dest))?;
+    std::fs::rename(archive_tmp, dest).map_err(ImageError::io("rename into", dest))?;
 
     Ok(WrittenArchive {
         digest: manifest_blob.digest,

@@ -137,19 +137,11 @@ impl PackageCache {
         if root.is_dir() && deb.is_file() {
             return Ok(package);
         }
-        let io_err = |action: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ImageError::Io {
-                action,
-                path,
-                source,
-            }
-        };
         // Unique scratch names: another build may fetch the same package now.
         let unique = unique_suffix();
         let scratch = self.dir.join(format!("{stem}.{unique}.download"));
         let _ = std::fs::remove_dir_all(&scratch);
-        std::fs::create_dir_all(&scratch).map_err(io_err("create", &scratch))?;
+        std::fs::create_dir_all(&scratch).map_err(ImageError::io("create", &scratch))?;
         tracing::info!(package = name, %version, "downloading Debian package");
         let mut download = Command::new("apt-get");
         download
@@ -160,7 +152,7 @@ impl PackageCache {
             .map_err(|e| e.for_package(name))
             .and_then(|_| {
                 let fetched = std::fs::read_dir(&scratch)
-                    .map_err(io_err("read", &scratch))?
+                    .map_err(ImageError::io("read", &scratch))?
                     .filter_map(Result::ok)
                     .map(|e| e.path())
                     .find(|p| p.extension().is_some_and(|x| x == "deb"))
@@ -169,7 +161,7 @@ impl PackageCache {
                         message: "apt-get download reported success but wrote no .deb file"
                             .to_string(),
                     })?;
-                std::fs::rename(&fetched, &deb).map_err(io_err("move into place", &deb))
+                std::fs::rename(&fetched, &deb).map_err(ImageError::io("move into place", &deb))
             });
         let _ = std::fs::remove_dir_all(&scratch);
         downloaded?;
@@ -183,7 +175,7 @@ impl PackageCache {
             let _ = std::fs::remove_dir_all(&unpacking);
             // Someone else unpacked the same package first: theirs is as good.
             if !root.is_dir() {
-                return Err(io_err("move into place", &root)(error));
+                return Err(ImageError::io("move into place", &root)(error));
             }
         }
         Ok(package)
