@@ -42,6 +42,21 @@ pub enum EtcdError {
     },
 }
 
+impl EtcdError {
+    /// Whether etcd refused a membership change only because its strict
+    /// reconfiguration check is not yet satisfied (a voter connected for
+    /// less than 5 s): worth retrying soon, not an error.
+    pub fn is_not_yet_ready_for_reconfiguration(&self) -> bool {
+        match self {
+            EtcdError::Call { source, .. } => {
+                let text = source.to_string();
+                text.contains("unhealthy cluster") || text.contains("not enough started members")
+            }
+            _ => false,
+        }
+    }
+}
+
 /// One member as etcd lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {

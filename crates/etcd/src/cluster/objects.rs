@@ -55,8 +55,6 @@ pub const INITIAL_STATE_ANNOTATION: &str = "etcd.bosun.dev/initial-state";
 
 /// The name of the etcd container in a member pod.
 pub const ETCD_CONTAINER: &str = "etcd";
-/// The name of the init container that waits for the member's DNS name.
-pub const WAIT_FOR_DNS_CONTAINER: &str = "wait-for-dns";
 /// The name of the data volume in a member pod.
 pub const DATA_VOLUME: &str = "data";
 /// Where the data volume is mounted.
@@ -64,8 +62,6 @@ pub const DATA_MOUNT_PATH: &str = "/var/lib/etcd";
 /// etcd's `--data-dir`: a directory inside the volume, so that what a
 /// filesystem keeps at its root (`lost+found`) is not in etcd's way.
 pub const DATA_DIR: &str = "/var/lib/etcd/data";
-/// The cluster DNS domain the wait-for-dns init container resolves under.
-pub const CLUSTER_DOMAIN: &str = "cluster.local";
 
 /// Length of the random part of a member name.
 pub const SUFFIX_LEN: usize = 5;
@@ -443,9 +439,11 @@ pub struct MemberPodParams {
 /// The member's pod: etcd on its data volume, reachable under its DNS name.
 ///
 /// The pod is named after the member, with `hostname`/`subdomain` giving it
-/// the name `<member>.<cluster>.<ns>.svc`; an init container waits until that
-/// name resolves, because etcd exits when the URL it advertises does not
-/// resolve to itself. The user's `podTemplate` is merged in; the operator's
+/// the name `<member>.<cluster>.<ns>.svc`. No init container waits for that
+/// name: etcd compares its advertised URL with the membership's as strings
+/// (both are built by `peer_url`) and retries any resolution it needs for
+/// 30 s, and its peers retry their connections; so the pod needs no shell
+/// and the distroless upstream image works. The user's `podTemplate` is merged in; the operator's
 /// labels, annotations, containers and volumes win.
 pub fn member_pod(cluster: &EtcdCluster, params: &MemberPodParams) -> Pod {
     let cluster_name = cluster.name_any();
@@ -465,22 +463,6 @@ pub fn member_pod(cluster: &EtcdCluster, params: &MemberPodParams) -> Pod {
     ]);
     let mut metadata = owned_meta(cluster, member.to_string(), labels, true);
     metadata.annotations = Some(annotations);
-
-    let fqdn = format!("{}.{CLUSTER_DOMAIN}", member_host(cluster, member));
-    let wait_for_dns = Container {
-        name: WAIT_FOR_DNS_CONTAINER.to_string(),
-        image: Some(image.clone()),
-        image_pull_policy: Some("IfNotPresent".to_string()),
-        command: Some(vec![
-            "/bin/sh".to_string(),
-            "-c".to_string(),
-            format!("until nslookup {fqdn} >/dev/null 2>&1; do sleep 0.5; done"),
-        ]),
-        // The same resources as etcd: a quota that demands limits admits the
-        // pod, and an init container's request never adds to the pod's.
-        resources: template.resources.clone(),
-        ..Container::default()
-    };
 
     // ETCD_* variables would set etcd flags behind the operator's back;
     // validation refuses them, and they are dropped here should one slip by.
@@ -512,7 +494,10 @@ pub fn member_pod(cluster: &EtcdCluster, params: &MemberPodParams) -> Pod {
                 scheme: Some("HTTP".to_string()),
                 ..HTTPGetAction::default()
             }),
-            period_seconds: Some(2),
+            // Every second: the operator waits for a member's readiness
+            // before the next membership change, so this period adds up
+            // once per member when a cluster grows.
+            period_seconds: Some(1),
             timeout_seconds: Some(2),
             failure_threshold: Some(3),
             ..Probe::default()
@@ -563,7 +548,6 @@ pub fn member_pod(cluster: &EtcdCluster, params: &MemberPodParams) -> Pod {
             // make etcd warn about variables it does not know.
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
-            init_containers: Some(vec![wait_for_dns]),
             containers: vec![etcd],
             volumes: Some(vec![data]),
             node_selector: (!template.node_selector.is_empty()).then_some(template.node_selector),

@@ -31,6 +31,11 @@ use crate::members::{self, EtcdError, EtcdMembers};
 /// The name the operator applies objects and publishes events as.
 pub const MANAGER: &str = "bosun-etcd-operator";
 
+/// How soon a cluster that waits on etcd or on a pod is looked at again:
+/// watch events do not tell when a learner has caught up or when etcd's
+/// strict reconfiguration check is satisfied.
+const WAIT_REQUEUE: Duration = Duration::from_millis(500);
+
 /// What the reconciler needs: no globals.
 pub struct Context {
     /// The Kubernetes client.
@@ -588,7 +593,7 @@ impl<'a> Pass<'a> {
         observation: &Observation,
         version: &EtcdVersion,
     ) -> Result<Action, Error> {
-        let soon = Action::requeue(Duration::from_millis(500));
+        let soon = Action::requeue(WAIT_REQUEUE);
         match step {
             Step::CreateSeed => {
                 let member = self.new_member_name(observation);
@@ -636,10 +641,24 @@ impl<'a> Pass<'a> {
             }
             Step::AddLearner => {
                 let member = self.new_member_name(observation);
-                self.ensure_volume(&member).await?;
+                // The member first, then its volume and pod: etcd may refuse
+                // the add (its strict reconfiguration check wants every voter
+                // connected for 5 s), and a volume made before that would be
+                // an orphan. A crash after the add leaves a learner without
+                // a pod, which the plan gives its volume and pod.
                 let mut etcd = self.etcd(observation).await?;
-                etcd.add_learner(&objects::peer_url(self.cluster, &member))
-                    .await?;
+                match etcd
+                    .add_learner(&objects::peer_url(self.cluster, &member))
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) if e.is_not_yet_ready_for_reconfiguration() => {
+                        tracing::debug!("adding a learner: {e}");
+                        return Ok(Action::requeue(WAIT_REQUEUE));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                self.ensure_volume(&member).await?;
                 self.event(
                     EventType::Normal,
                     "MemberAdded",
@@ -670,7 +689,7 @@ impl<'a> Pass<'a> {
                     // etcd refuses until the learner has caught up: look again shortly.
                     Err(e) => {
                         tracing::debug!("promoting {member}: {e}");
-                        Ok(Action::requeue(Duration::from_secs(1)))
+                        Ok(Action::requeue(WAIT_REQUEUE))
                     }
                 }
             }
@@ -730,7 +749,7 @@ impl<'a> Pass<'a> {
             }
             // Waits are short: a starting member becomes healthy without any
             // Kubernetes event to wake the controller.
-            Step::Wait { .. } => Ok(Action::requeue(Duration::from_millis(500))),
+            Step::Wait { .. } => Ok(Action::requeue(WAIT_REQUEUE)),
             Step::QuorumLost { message } => {
                 self.event(EventType::Warning, reasons::QUORUM_LOST, message)
                     .await;

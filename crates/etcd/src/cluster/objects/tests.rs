@@ -378,10 +378,7 @@ fn member_pod_runs_the_requested_version_from_the_default_repository() {
         Some("gcr.io/etcd-development/etcd:v3.6.16")
     );
     assert_eq!(etcd.image_pull_policy.as_deref(), Some("IfNotPresent"));
-    let init = spec.init_containers.as_ref().expect("init containers");
-    assert_eq!(init.len(), 1);
-    assert_eq!(init[0].image, etcd.image);
-    assert_eq!(init[0].image_pull_policy.as_deref(), Some("IfNotPresent"));
+    assert_eq!(spec.init_containers, None);
 }
 
 #[test]
@@ -398,22 +395,6 @@ fn image_override_keeps_the_version_tag() {
     assert_eq!(
         member_image(&c, &version("3.7.0-rc.0")),
         "registry.example:5000/mirror/etcd:v3.7.0-rc.0"
-    );
-}
-
-#[test]
-fn init_container_waits_for_the_members_own_dns_name() {
-    let pod = pod_of(&cluster());
-    let init = &spec_of(&pod).init_containers.as_ref().expect("init")[0];
-    assert_eq!(init.name, "wait-for-dns");
-    assert_eq!(
-        init.command,
-        Some(vec![
-            "/bin/sh".to_string(),
-            "-c".to_string(),
-            "until nslookup main-abcde.main.db.svc.cluster.local >/dev/null 2>&1; do sleep 0.5; done"
-                .to_string(),
-        ])
     );
 }
 
@@ -537,7 +518,7 @@ fn etcd_exposes_its_ports_and_is_ready_by_health() {
     let http = probe.http_get.as_ref().expect("httpGet");
     assert_eq!(http.path.as_deref(), Some("/health"));
     assert_eq!(http.port, IntOrString::Int(2379));
-    assert_eq!(probe.period_seconds, Some(2));
+    assert_eq!(probe.period_seconds, Some(1));
     assert_eq!(probe.timeout_seconds, Some(2));
     assert_eq!(probe.failure_threshold, Some(3));
     assert!(etcd.liveness_probe.is_none());
@@ -659,8 +640,6 @@ fn pod_template_settings_are_merged_in() {
         .map(|e| e.name.as_str())
         .collect();
     assert_eq!(env, ["GOMAXPROCS"]);
-    let init = &spec.init_containers.as_ref().expect("init")[0];
-    assert_eq!(init.resources, Some(resources));
 }
 
 #[test]
