@@ -4,4 +4,7 @@
 //! semantics, the admission webhook server, and the metrics and health
 //! endpoints.
 //!
-//! Nothing lives here yet; it arrives with the operator-runtime issue.
+//! So far it holds [`leader_election`]; the rest arrives with the
+//! operator-runtime issue.
+
+pub mod leader_election;
