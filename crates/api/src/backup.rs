@@ -186,6 +186,11 @@ pub struct EtcdBackupStatus {
     /// When the next scheduled backup starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_schedule_time: Option<Time>,
+    /// The scheduled time of the last run, whatever its outcome: runs are
+    /// counted from it, so that times missed while the operator was down
+    /// make one run, not many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<Time>,
     /// Verified backups, newest first (at most 20).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]

@@ -44,8 +44,11 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
                 shutdown.cancel();
             }
         });
-        tracing::info!("bosun operator: running the EtcdCluster controller");
-        bosun_etcd::cluster::reconcile::run(client, shutdown).await;
+        tracing::info!("bosun operator: running the EtcdCluster and EtcdBackup controllers");
+        tokio::join!(
+            bosun_etcd::cluster::reconcile::run(client.clone(), shutdown.clone()),
+            bosun_etcd::backup::reconcile::run(client, shutdown),
+        );
         Ok(())
     })
 }

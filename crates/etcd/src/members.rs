@@ -81,6 +81,8 @@ pub struct MemberStatus {
     pub leader: u64,
     /// Its raft index.
     pub raft_index: u64,
+    /// The key-value store's revision it has applied.
+    pub revision: i64,
     /// Its etcd version.
     pub version: String,
     /// Its database size in bytes.
@@ -209,6 +211,7 @@ pub async fn member_status(endpoint: &str) -> Result<MemberStatus, EtcdError> {
         id: status.header().map(|h| h.member_id()).unwrap_or_default(),
         leader: status.leader(),
         raft_index: status.raft_index(),
+        revision: status.header().map(|h| h.revision()).unwrap_or_default(),
         version: status.version().to_string(),
         db_size: status.db_size(),
         is_learner: status.is_learner(),

@@ -16,7 +16,7 @@ use bosun_api::version::EtcdVersion;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::objects::{self, InitialState, MemberPodParams};
 use super::plan::{self, Desired, MemberView, Observed, PodView, RemoveReason, Step};
 use crate::members::{self, EtcdError, EtcdMembers};
+use crate::status::set_condition;
 
 /// The name the operator applies objects and publishes events as.
 pub const MANAGER: &str = "bosun-etcd-operator";
@@ -853,37 +854,5 @@ fn describe(step: &Step) -> (bool, &'static str, String) {
         Step::CreateSeed => (true, "Creating", "creating the seed member".into()),
         Step::Upgrade { member } => (true, "Upgrading", format!("upgrading member {member}")),
         other => (true, "Reconciling", format!("{other:?}")),
-    }
-}
-
-/// Sets a condition, keeping its transition time when its status is unchanged.
-fn set_condition(
-    conditions: &mut Vec<Condition>,
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: &str,
-    generation: Option<i64>,
-) {
-    let status = if status { "True" } else { "False" }.to_string();
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    match conditions.iter_mut().find(|c| c.type_ == type_) {
-        Some(existing) => {
-            if existing.status != status {
-                existing.last_transition_time = now;
-            }
-            existing.status = status;
-            existing.reason = reason.into();
-            existing.message = message.into();
-            existing.observed_generation = generation;
-        }
-        None => conditions.push(Condition {
-            type_: type_.into(),
-            status,
-            reason: reason.into(),
-            message: message.into(),
-            observed_generation: generation,
-            last_transition_time: now,
-        }),
     }
 }

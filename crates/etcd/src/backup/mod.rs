@@ -1,0 +1,12 @@
+//! The EtcdBackup controller and the pieces it shares with restores:
+//! stores built from a spec ([`store`]), snapshots streamed into and out of
+//! them ([`snapshot`]) with their checksums ([`digest`]), schedules
+//! ([`schedule`]) and retention ([`retention`]).
+
+pub mod digest;
+pub mod reconcile;
+pub mod retention;
+pub mod schedule;
+pub mod service_address;
+pub mod snapshot;
+pub mod store;
