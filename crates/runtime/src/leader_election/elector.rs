@@ -246,13 +246,15 @@ impl LeaderElector {
     /// candidate that is not leading): `Some(start of the attempt)` when this
     /// candidate now holds the Lease.
     async fn try_acquire(&mut self) -> Result<Option<Instant>, LockError> {
+        // The wall clock for acquireTime is read after the decision, so that a
+        // takeover's acquireTime is never earlier than the moment the old
+        // holder's lease expired by our observation.
         let started = Instant::now();
-        let now = wall_clock();
         let identity = self.config.identity.clone();
         let seconds = self.config.lease_seconds();
 
         let Some(record) = self.lock.get().await? else {
-            let record = LeaseRecord::created(&identity, seconds, now);
+            let record = LeaseRecord::created(&identity, seconds, wall_clock());
             return match self.lock.create(&record).await {
                 Ok(written) => {
                     self.observe(written, started);
@@ -275,7 +277,14 @@ impl LeaderElector {
             &identity,
             self.config.lease_duration,
         );
-        let Some(next) = next_record(&decision, &observed.record, &identity, seconds, now) else {
+        let next = next_record(
+            &decision,
+            &observed.record,
+            &identity,
+            seconds,
+            wall_clock(),
+        );
+        let Some(next) = next else {
             return Ok(None);
         };
         if decision == Decision::TakeOver {
