@@ -218,7 +218,7 @@ impl LeaderElector {
             // An attempt is not interrupted by `cancel`: a write the server
             // applied but we never heard of would leave the Lease held until
             // it expired. It is bounded instead.
-            match timeout(self.config.renew_deadline, self.try_acquire()).await {
+            match timeout(self.attempt_timeout(), self.try_acquire()).await {
                 Ok(Ok(Some(started))) if cancel.is_cancelled() => {
                     debug!(started = ?started, "acquired the Lease while being cancelled");
                     if self.config.release_on_cancel {
@@ -232,7 +232,7 @@ impl LeaderElector {
                     warn!(lease = %self.config.lease_key(), %error, "could not try to acquire the Lease");
                 }
                 Err(_) => {
-                    warn!(lease = %self.config.lease_key(), timeout = ?self.config.renew_deadline, "an attempt to acquire the Lease timed out");
+                    warn!(lease = %self.config.lease_key(), timeout = ?self.attempt_timeout(), "an attempt to acquire the Lease timed out");
                 }
             }
             tokio::select! {
@@ -314,10 +314,17 @@ impl LeaderElector {
             let deadline = renewed_at + self.config.renew_deadline;
             sleep_until(next_attempt.min(deadline)).await;
             let attempt = Instant::now();
+            // One attempt may not use up the whole deadline: a request stuck
+            // on a dead connection is dropped and retried on a fresh one.
+            let give_up = deadline.min(attempt + self.attempt_timeout());
             let outcome = if attempt >= deadline {
                 None
             } else {
-                timeout_at(deadline, self.try_renew()).await.ok()
+                match timeout_at(give_up, self.try_renew()).await {
+                    Ok(result) => Some(result),
+                    Err(_) if give_up >= deadline => None,
+                    Err(_) => Some(Err(LockError::TimedOut(give_up - attempt))),
+                }
             };
             match outcome {
                 Some(Ok(Renewal::Renewed(started))) => {
@@ -394,6 +401,12 @@ impl LeaderElector {
         let written = self.lock.update(&next).await?;
         self.observe(written, started);
         Ok(Renewal::Renewed(started))
+    }
+
+    /// How long one attempt to acquire or renew may take: half the renew
+    /// deadline, so that the leader gets at least a second attempt.
+    fn attempt_timeout(&self) -> Duration {
+        self.config.renew_deadline / 2
     }
 
     /// Gives the Lease back if this candidate holds it, within

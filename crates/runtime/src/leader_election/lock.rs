@@ -20,6 +20,9 @@ pub(crate) enum LockError {
     /// There is no version to write over: the Lease was never read.
     #[error("the Lease has not been read yet, so there is no resourceVersion to update it at")]
     NotRead,
+    /// The API server did not answer in time.
+    #[error("the API server did not answer within {0:?}")]
+    TimedOut(std::time::Duration),
     /// The API server could not be reached or refused the request.
     #[error(transparent)]
     Api(kube::Error),
