@@ -142,8 +142,17 @@ pub fn error_policy(backup: Arc<EtcdBackup>, error: &Error, _: Arc<Context>) -> 
 }
 
 /// One pass over one EtcdBackup.
-#[tracing::instrument(skip_all, fields(namespace = backup.namespace().unwrap_or_default(), name = backup.name_any()))]
-pub async fn reconcile(backup: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
+#[tracing::instrument(skip_all, fields(namespace = cached.namespace().unwrap_or_default(), name = cached.name_any()))]
+pub async fn reconcile(cached: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // The cache may not have seen the status this controller wrote a moment
+    // ago (a run's outcome, lastScheduleTime), and deciding on it would run
+    // the same backup twice: read the object itself.
+    let api: Api<EtcdBackup> =
+        Api::namespaced(ctx.client.clone(), &cached.namespace().unwrap_or_default());
+    let Some(backup) = api.get_opt(&cached.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
+    let backup = &backup;
     let status = backup.status.clone().unwrap_or_default();
     let generation = backup.meta().generation;
 
@@ -159,7 +168,7 @@ pub async fn reconcile(backup: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Act
             &message,
             generation,
         );
-        write_status(&ctx, &backup, &status).await?;
+        write_status(&ctx, backup, &status).await?;
         return Ok(Action::await_change());
     }
 
@@ -172,14 +181,14 @@ pub async fn reconcile(backup: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Act
         ) {
             return Ok(Action::await_change());
         }
-        let outcome = run_backup(&ctx, &backup, status).await?;
+        let outcome = run_backup(&ctx, backup, status).await?;
         let mut status = outcome;
         status.phase = Some(if condition_true(&status, FAILED) {
             BackupPhase::Failed
         } else {
             BackupPhase::Succeeded
         });
-        write_status(&ctx, &backup, &status).await?;
+        write_status(&ctx, backup, &status).await?;
         return Ok(Action::await_change());
     };
 
@@ -206,7 +215,7 @@ pub async fn reconcile(backup: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Act
                 &message,
                 generation,
             );
-            write_status(&ctx, &backup, &status).await?;
+            write_status(&ctx, backup, &status).await?;
             Ok(Action::await_change())
         }
         Ok(Due::Later { at }) => {
@@ -217,20 +226,26 @@ pub async fn reconcile(backup: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Act
                 let mut status = status;
                 status.next_schedule_time = Some(next);
                 status.phase = Some(BackupPhase::Scheduled);
-                write_status(&ctx, &backup, &status).await?;
+                write_status(&ctx, backup, &status).await?;
             }
             let wait = (at - now).to_std().unwrap_or_default();
             Ok(Action::requeue(wait + Duration::from_millis(50)))
         }
         Ok(Due::Now { scheduled }) => {
-            let mut status = run_backup(&ctx, &backup, status).await?;
+            let mut status = run_backup(&ctx, backup, status).await?;
             status.last_schedule_time = Some(to_time(scheduled));
             status.phase = Some(BackupPhase::Scheduled);
-            if let Ok(Due::Later { at }) = schedule::due(&cron, scheduled, Utc::now()) {
-                status.next_schedule_time = Some(to_time(at));
-            }
-            write_status(&ctx, &backup, &status).await?;
-            Ok(Action::requeue(Duration::from_millis(50)))
+            let now = Utc::now();
+            let wait = match schedule::due(&cron, scheduled, now) {
+                Ok(Due::Later { at }) => {
+                    status.next_schedule_time = Some(to_time(at));
+                    (at - now).to_std().unwrap_or_default()
+                }
+                // The next time has come already (a run longer than the period).
+                _ => Duration::ZERO,
+            };
+            write_status(&ctx, backup, &status).await?;
+            Ok(Action::requeue(wait + Duration::from_millis(50)))
         }
     }
 }

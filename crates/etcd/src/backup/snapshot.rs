@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
 use futures::StreamExt;
-use object_store::{ObjectStoreExt, WriteMultipart};
 use object_store::path::Path;
+use object_store::{ObjectStoreExt, WriteMultipart};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
