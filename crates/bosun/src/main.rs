@@ -6,6 +6,7 @@
 mod crds;
 mod dev;
 mod operator;
+mod restore_member;
 mod signals;
 
 use std::path::PathBuf;
@@ -37,6 +38,8 @@ enum Command {
     Dev(dev::DevCommand),
     /// Run the operator against the cluster of a kubeconfig (or in cluster).
     Operator(operator::OperatorArgs),
+    /// Restore a seed member's data from a snapshot (the init container of a restore).
+    RestoreMember(restore_member::RestoreMemberArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Crds { out_dir: Some(dir) } => crds::write_dir(&dir),
         Command::Dev(command) => dev::run(command),
         Command::Operator(args) => operator::run(args),
+        Command::RestoreMember(args) => restore_member::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

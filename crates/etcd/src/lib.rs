@@ -9,4 +9,5 @@
 pub mod backup;
 pub mod cluster;
 pub mod members;
+pub mod restore;
 pub mod status;

@@ -131,6 +131,16 @@ fn client_options() -> (ClientOptions, RetryConfig) {
     (options, retry)
 }
 
+/// Installs ring as the process's TLS crypto provider unless one is set:
+/// object_store's HTTP client (reqwest without a provider of its own, so
+/// that only ring is linked, as kube uses) panics without one.
+fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another installer is fine: one is installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
 /// Builds the store of an EtcdBackup's `spec.storage`. `endpoint` replaces
 /// the S3 endpoint of the spec when given (see
 /// [`crate::backup::service_address`]).
@@ -139,6 +149,7 @@ pub fn destination(
     credentials: Option<&Credentials>,
     endpoint: Option<&str>,
 ) -> Result<Destination, StoreError> {
+    ensure_crypto_provider();
     let (options, retry) = client_options();
     if let Some(s3) = &storage.s3 {
         let mut builder = AmazonS3Builder::new()

@@ -15,12 +15,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bosun_api::cluster::OPERATOR_OWNED_ETCD_FLAGS;
+use bosun_api::restore::SnapshotLocation;
 use bosun_api::version::DEFAULT_ETCD_IMAGE_REPOSITORY;
 use bosun_api::{EtcdCluster, EtcdVersion};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSpec, Probe, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, HostPathVolumeSource,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
+    PodSpec, Probe, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -434,6 +436,131 @@ pub struct MemberPodParams {
     pub initial_state: InitialState,
     /// The etcd version to run (not `spec.version` while an upgrade rolls).
     pub version: EtcdVersion,
+    /// For a seed that starts from a backup: what its init container restores.
+    pub restore: Option<SeedRestore>,
+}
+
+/// What the init container of a seed restored from a backup needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeedRestore {
+    /// The snapshot, with the SHA-256 the operator verified.
+    pub source: SnapshotLocation,
+    /// The image with `bosun` and etcd's `etcdutl` (one per minor version).
+    pub image: String,
+    /// The new cluster's token.
+    pub cluster_token: String,
+}
+
+/// The name of the init container that restores a seed from a backup.
+pub const RESTORE_CONTAINER: &str = "restore";
+/// The volume with the restore's credentials Secret.
+pub const CREDENTIALS_VOLUME: &str = "restore-credentials";
+/// The volume with a `file://` snapshot's directory.
+pub const SNAPSHOT_DIR_VOLUME: &str = "restore-snapshot-dir";
+
+/// Where the bosun image keeps `etcdutl` of a version's minor release.
+pub fn etcdutl_path(version: &EtcdVersion) -> String {
+    format!(
+        "/usr/local/bin/etcdutl-{}.{}",
+        version.major(),
+        version.minor()
+    )
+}
+
+/// The init container that restores the seed's data from a snapshot
+/// (`bosun restore-member`), and the volumes it needs besides the data.
+fn restore_container(
+    cluster: &EtcdCluster,
+    params: &MemberPodParams,
+    restore: &SeedRestore,
+) -> (Container, Vec<Volume>) {
+    let member = params.member.as_str();
+    let source = &restore.source;
+    let mut args = vec![
+        "restore-member".to_string(),
+        format!("--source-url={}", source.url),
+        format!("--data-dir={DATA_DIR}"),
+        format!("--name={member}"),
+        format!("--peer-url={}", peer_url(cluster, member)),
+        format!("--cluster-token={}", restore.cluster_token),
+        format!("--etcdutl={}", etcdutl_path(&params.version)),
+    ];
+    args.extend(source.sha256.iter().map(|sha| format!("--sha256={sha}")));
+    args.extend(source.endpoint.iter().map(|e| format!("--endpoint={e}")));
+    args.extend(source.region.iter().map(|r| format!("--region={r}")));
+    let mut mounts = vec![VolumeMount {
+        name: DATA_VOLUME.to_string(),
+        mount_path: DATA_MOUNT_PATH.to_string(),
+        ..VolumeMount::default()
+    }];
+    let mut volumes = Vec::new();
+    if let Some(secret) = &source.credentials_secret {
+        args.push(format!(
+            "--credentials-dir={}",
+            crate::restore::member::CREDENTIALS_DIR
+        ));
+        mounts.push(VolumeMount {
+            name: CREDENTIALS_VOLUME.to_string(),
+            mount_path: crate::restore::member::CREDENTIALS_DIR.to_string(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: CREDENTIALS_VOLUME.to_string(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    // A `file://` snapshot is read where it lies on the node: the directory
+    // must exist at the same path on the node the seed runs on (a local
+    // disk on a single node, or a shared mount on every node).
+    if let Some(dir) = source
+        .url
+        .strip_prefix("file://")
+        .and_then(|path| std::path::Path::new(path).parent())
+    {
+        let dir = dir.to_string_lossy().into_owned();
+        mounts.push(VolumeMount {
+            name: SNAPSHOT_DIR_VOLUME.to_string(),
+            mount_path: dir.clone(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: SNAPSHOT_DIR_VOLUME.to_string(),
+            host_path: Some(HostPathVolumeSource {
+                path: dir,
+                type_: Some("Directory".to_string()),
+            }),
+            ..Volume::default()
+        });
+    }
+    let container = Container {
+        name: RESTORE_CONTAINER.to_string(),
+        image: Some(restore.image.clone()),
+        image_pull_policy: Some("IfNotPresent".to_string()),
+        args: Some(args),
+        volume_mounts: Some(mounts),
+        // It writes etcd's data directory, which etcd (root in the upstream
+        // image) owns.
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_group: Some(0),
+            ..SecurityContext::default()
+        }),
+        // The operator reads why a restore failed from here.
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
+        resources: cluster
+            .spec
+            .pod_template
+            .as_ref()
+            .and_then(|t| t.resources.clone()),
+        ..Container::default()
+    };
+    (container, volumes)
 }
 
 /// The member's pod: etcd on its data volume, reachable under its DNS name.
@@ -515,6 +642,10 @@ pub fn member_pod(cluster: &EtcdCluster, params: &MemberPodParams) -> Pod {
         ..Container::default()
     };
 
+    let restore = params
+        .restore
+        .as_ref()
+        .map(|r| restore_container(cluster, params, r));
     let storage = &cluster.spec.storage;
     let data = if storage.empty_dir {
         Volume {
@@ -548,8 +679,13 @@ pub fn member_pod(cluster: &EtcdCluster, params: &MemberPodParams) -> Pod {
             // make etcd warn about variables it does not know.
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
+            init_containers: restore.as_ref().map(|(c, _)| vec![c.clone()]),
             containers: vec![etcd],
-            volumes: Some(vec![data]),
+            volumes: Some(
+                std::iter::once(data)
+                    .chain(restore.into_iter().flat_map(|(_, volumes)| volumes))
+                    .collect(),
+            ),
             node_selector: (!template.node_selector.is_empty()).then_some(template.node_selector),
             affinity: template.affinity,
             tolerations: (!template.tolerations.is_empty()).then_some(template.tolerations),
@@ -570,15 +706,21 @@ fn container_port(name: &str, port: i32) -> ContainerPort {
     }
 }
 
+/// The `--initial-cluster-token` of a cluster's seed: its name and uid, so
+/// that members of two clusters of one name never join each other.
+pub fn cluster_token(cluster: &EtcdCluster) -> String {
+    let name = cluster.name_any();
+    match cluster.uid() {
+        Some(uid) => format!("{name}-{uid}"),
+        None => name,
+    }
+}
+
 /// etcd's command-line arguments: the operator's flags, then the user's
 /// `etcdOptions` in key order.
 fn etcd_args(cluster: &EtcdCluster, params: &MemberPodParams) -> Vec<String> {
     let member = params.member.as_str();
-    let name = cluster.name_any();
-    let token = match cluster.uid() {
-        Some(uid) => format!("{name}-{uid}"),
-        None => name.clone(),
-    };
+    let token = cluster_token(cluster);
     let initial_cluster = params
         .initial_cluster
         .iter()

@@ -24,10 +24,18 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use super::objects::{self, InitialState, MemberPodParams};
+use super::objects::{self, InitialState, MemberPodParams, SeedRestore};
 use super::plan::{self, Desired, MemberView, Observed, PodView, RemoveReason, Step};
 use crate::members::{self, EtcdError, EtcdMembers};
+use crate::restore::source::{self, SourceError};
 use crate::status::set_condition;
+
+/// The image of a restoring seed's init container: `bosun` with etcd's
+/// `etcdutl`. `BOSUN_IMAGE` names it (an installed operator sets it to its
+/// own image); the default is the dev cluster's locally built image.
+pub fn restore_image() -> String {
+    std::env::var("BOSUN_IMAGE").unwrap_or_else(|_| "bosun.dev/bosun:dev".to_string())
+}
 
 /// The name the operator applies objects and publishes events as.
 pub const MANAGER: &str = "bosun-etcd-operator";
@@ -131,31 +139,6 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
         return Ok(Action::await_change());
     }
 
-    if cluster
-        .spec
-        .bootstrap
-        .as_ref()
-        .is_some_and(|b| b.restore.is_some())
-    {
-        // Seeding from a backup arrives with the backup and restore work;
-        // until then an empty cluster must not stand in for the user's data.
-        let message = "spec.bootstrap.restore is not supported by this operator version yet; no member is created";
-        pass.event(EventType::Warning, "BootstrapRestoreUnsupported", message)
-            .await;
-        pass.write_status(ClusterPhase::Invalid, None, |c| {
-            set_condition(
-                c,
-                conditions::DEGRADED,
-                true,
-                "BootstrapRestoreUnsupported",
-                message,
-                pass.generation,
-            );
-        })
-        .await?;
-        return Ok(Action::await_change());
-    }
-
     pass.apply_services().await?;
     let observation = pass.observe().await?;
 
@@ -186,7 +169,40 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
     };
     let step = plan::next_step(&desired, &observation.plan);
     tracing::debug!(?step, "next step");
-    let mut requeue = pass.carry_out(&step, &observation, &target).await?;
+    // A seed that starts from a backup: its snapshot is checked before any
+    // pod exists, and a source that fails says why and creates nothing.
+    let seed_restore = match &step {
+        Step::CreateSeed => match pass.seed_restore().await {
+            Ok(restore) => restore,
+            Err(e) => {
+                pass.event(EventType::Warning, e.reason, &e.message).await;
+                pass.write_status(ClusterPhase::Degraded, Some(&observation), |c| {
+                    set_condition(
+                        c,
+                        conditions::DEGRADED,
+                        true,
+                        e.reason,
+                        &e.message,
+                        pass.generation,
+                    );
+                    set_condition(
+                        c,
+                        conditions::PROGRESSING,
+                        false,
+                        e.reason,
+                        "no member is created until the restore source is usable",
+                        pass.generation,
+                    );
+                })
+                .await?;
+                return Ok(Action::requeue(Duration::from_secs(15)));
+            }
+        },
+        _ => None,
+    };
+    let mut requeue = pass
+        .carry_out(&step, &observation, &target, seed_restore)
+        .await?;
     let step = match step {
         Step::Done if held => {
             requeue = Action::requeue(Duration::from_secs(2));
@@ -587,16 +603,42 @@ impl<'a> Pass<'a> {
         Ok(EtcdMembers::connect(&endpoints).await?)
     }
 
+    /// What the seed restores, when it starts from a backup: the source
+    /// resolved and its snapshot verified.
+    async fn seed_restore(&self) -> Result<Option<SeedRestore>, SourceError> {
+        let Some(source) = self
+            .cluster
+            .spec
+            .bootstrap
+            .as_ref()
+            .and_then(|b| b.restore.as_ref())
+            .map(|r| &r.source)
+        else {
+            return Ok(None);
+        };
+        let namespace = self.ns();
+        let mut resolved = source::resolve(&self.ctx.client, &namespace, source).await?;
+        let summary = source::verify(&self.ctx.client, &namespace, &resolved).await?;
+        resolved.location.sha256 = Some(summary.sha256);
+        Ok(Some(SeedRestore {
+            source: resolved.location,
+            image: restore_image(),
+            cluster_token: objects::cluster_token(self.cluster),
+        }))
+    }
+
     /// Carries out one step; returns when to look again.
     async fn carry_out(
         &self,
         step: &Step,
         observation: &Observation,
         version: &EtcdVersion,
+        seed_restore: Option<SeedRestore>,
     ) -> Result<Action, Error> {
         let soon = Action::requeue(WAIT_REQUEUE);
         match step {
             Step::CreateSeed => {
+                let restored_from = seed_restore.as_ref().map(|r| r.source.url.clone());
                 let member = self.new_member_name(observation);
                 self.ensure_volume(&member).await?;
                 let params = MemberPodParams {
@@ -607,14 +649,14 @@ impl<'a> Pass<'a> {
                     member: member.clone(),
                     initial_state: InitialState::New,
                     version: version.clone(),
+                    restore: seed_restore,
                 };
                 self.create_pod(&params).await?;
-                self.event(
-                    EventType::Normal,
-                    "SeedCreated",
-                    &format!("created seed member {member}"),
-                )
-                .await;
+                let note = match restored_from {
+                    Some(url) => format!("created seed member {member}, restored from {url}"),
+                    None => format!("created seed member {member}"),
+                };
+                self.event(EventType::Normal, "SeedCreated", &note).await;
                 Ok(soon)
             }
             Step::CreatePod { member } => {
@@ -630,6 +672,7 @@ impl<'a> Pass<'a> {
                     initial_cluster: self.initial_cluster(observation, Some(member)),
                     initial_state: state,
                     version: version.clone(),
+                    restore: None,
                 };
                 self.create_pod(&params).await?;
                 self.event(
@@ -671,6 +714,7 @@ impl<'a> Pass<'a> {
                     initial_cluster: self.initial_cluster(observation, Some(&member)),
                     initial_state: InitialState::Existing,
                     version: version.clone(),
+                    restore: None,
                 };
                 self.create_pod(&params).await?;
                 Ok(soon)

@@ -37,6 +37,7 @@ fn params(cluster: &EtcdCluster, member: &str, others: &[&str]) -> MemberPodPara
         initial_cluster,
         initial_state: InitialState::New,
         version: version("3.6.16"),
+        restore: None,
     }
 }
 
@@ -438,6 +439,7 @@ fn initial_cluster_renders_name_equals_url_pairs_in_the_given_order() {
             ],
             initial_state: InitialState::Existing,
             version: version("3.6.16"),
+            restore: None,
         },
     );
     let args = args(&pod);
@@ -675,4 +677,100 @@ fn initial_state_flag_values() {
         Some(InitialState::Existing)
     );
     assert_eq!(InitialState::parse("New"), None);
+}
+
+fn restoring_params(cluster: &EtcdCluster, url: &str, secret: Option<&str>) -> MemberPodParams {
+    MemberPodParams {
+        restore: Some(SeedRestore {
+            source: bosun_api::restore::SnapshotLocation {
+                url: url.to_string(),
+                credentials_secret: secret.map(str::to_string),
+                endpoint: Some("http://s3.bosun-system.svc:8333".to_string()),
+                region: None,
+                sha256: Some("ab".repeat(32)),
+            },
+            image: "bosun.dev/bosun:dev".to_string(),
+            cluster_token: "main-restore-1".to_string(),
+        }),
+        ..params(cluster, "main-abcde", &[])
+    }
+}
+
+#[test]
+fn a_restoring_seed_runs_bosun_restore_member_first_with_the_verified_sha() {
+    let c = cluster();
+    let pod = member_pod(
+        &c,
+        &restoring_params(&c, "s3://bosun-backups/db/x.db", Some("s3-credentials")),
+    );
+    let spec = spec_of(&pod);
+    let init = spec.init_containers.as_ref().expect("init containers");
+    assert_eq!(init.len(), 1);
+    let restore = &init[0];
+    assert_eq!(restore.name, "restore");
+    assert_eq!(restore.image.as_deref(), Some("bosun.dev/bosun:dev"));
+    let args = restore.args.clone().unwrap_or_default();
+    for expected in [
+        "restore-member",
+        "--source-url=s3://bosun-backups/db/x.db",
+        "--data-dir=/var/lib/etcd/data",
+        "--name=main-abcde",
+        "--cluster-token=main-restore-1",
+        "--etcdutl=/usr/local/bin/etcdutl-3.6",
+        "--endpoint=http://s3.bosun-system.svc:8333",
+        "--credentials-dir=/var/run/bosun/credentials",
+    ] {
+        assert!(args.iter().any(|a| a == expected), "{expected} in {args:?}");
+    }
+    assert!(args.contains(&format!("--sha256={}", "ab".repeat(32))));
+    let volumes = spec.volumes.as_ref().expect("volumes");
+    let secret = volumes
+        .iter()
+        .find(|v| v.name == "restore-credentials")
+        .and_then(|v| v.secret.as_ref())
+        .expect("credentials volume");
+    assert_eq!(secret.secret_name.as_deref(), Some("s3-credentials"));
+    // etcd itself is unchanged: it starts from the restored data directory.
+    assert!(
+        etcd_container(&pod)
+            .args
+            .as_ref()
+            .expect("args")
+            .contains(&"--data-dir=/var/lib/etcd/data".to_string())
+    );
+}
+
+#[test]
+fn a_file_snapshot_is_mounted_read_only_from_its_directory() {
+    let c = cluster();
+    let pod = member_pod(&c, &restoring_params(&c, "file:///backups/ns/b/1.db", None));
+    let spec = spec_of(&pod);
+    let volume = spec
+        .volumes
+        .as_ref()
+        .and_then(|v| v.iter().find(|v| v.name == "restore-snapshot-dir"))
+        .and_then(|v| v.host_path.as_ref())
+        .expect("hostPath volume");
+    assert_eq!(volume.path, "/backups/ns/b");
+    let init = &spec.init_containers.as_ref().expect("init")[0];
+    let mount = init
+        .volume_mounts
+        .as_ref()
+        .and_then(|m| m.iter().find(|m| m.name == "restore-snapshot-dir"))
+        .expect("mount");
+    assert_eq!(mount.mount_path, "/backups/ns/b");
+    assert_eq!(mount.read_only, Some(true));
+    assert!(
+        !init
+            .args
+            .as_ref()
+            .expect("args")
+            .iter()
+            .any(|a| a.starts_with("--credentials-dir"))
+    );
+}
+
+#[test]
+fn members_without_restore_have_no_init_container() {
+    assert_eq!(spec_of(&pod_of(&cluster())).init_containers, None);
 }

@@ -1,0 +1,147 @@
+//! Where a restore's snapshot comes from: an EtcdBackup's recorded backup
+//! (newest, or by index) or an explicit location; and the check, done by
+//! the operator before anything is created or wiped, that the snapshot is
+//! there and whole.
+
+use bosun_api::EtcdBackup;
+use bosun_api::backup::BackupStorage;
+use bosun_api::restore::{RestoreSource, SnapshotLocation};
+use kube::{Api, Client};
+
+use crate::backup::digest::Summary;
+use crate::backup::reconcile::{credentials_for, credentials_secret};
+use crate::backup::{service_address, snapshot, store};
+
+/// A source made concrete.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResolvedSource {
+    /// The snapshot, with endpoint, region and credentials Secret.
+    pub location: SnapshotLocation,
+    /// The revision the backup recorded, if it came from one.
+    pub revision: Option<i64>,
+}
+
+/// Why a source is not usable; the message goes into a condition.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SourceError {
+    /// Condition reason.
+    pub reason: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl SourceError {
+    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        SourceError {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Reason: the source names nothing restorable.
+pub const SOURCE_UNAVAILABLE: &str = "RestoreSourceUnavailable";
+/// Reason: the snapshot failed its checks.
+pub const SNAPSHOT_CORRUPT: &str = "SnapshotCorrupt";
+
+/// The location of a storage spec's object at `url`.
+fn location_in(storage: &BackupStorage, url: &str, sha256: &str) -> SnapshotLocation {
+    SnapshotLocation {
+        url: url.to_string(),
+        credentials_secret: credentials_secret(storage).map(str::to_string),
+        endpoint: storage.s3.as_ref().and_then(|s| s.endpoint.clone()),
+        region: storage.s3.as_ref().and_then(|s| s.region.clone()),
+        sha256: Some(sha256.to_string()),
+    }
+}
+
+/// Makes a source concrete, reading the EtcdBackup it names.
+pub async fn resolve(
+    client: &Client,
+    namespace: &str,
+    source: &RestoreSource,
+) -> Result<ResolvedSource, SourceError> {
+    if let Some(location) = &source.location {
+        return Ok(ResolvedSource {
+            location: location.clone(),
+            revision: None,
+        });
+    }
+    let Some(reference) = &source.backup else {
+        return Err(SourceError::new(
+            SOURCE_UNAVAILABLE,
+            "the restore source names neither a backup nor a location",
+        ));
+    };
+    let backups: Api<EtcdBackup> = Api::namespaced(client.clone(), namespace);
+    let backup = backups
+        .get_opt(&reference.name)
+        .await
+        .map_err(|e| {
+            SourceError::new(
+                SOURCE_UNAVAILABLE,
+                format!("reading EtcdBackup {}: {e}", reference.name),
+            )
+        })?
+        .ok_or_else(|| {
+            SourceError::new(
+                SOURCE_UNAVAILABLE,
+                format!(
+                    "EtcdBackup {} does not exist in namespace {namespace}",
+                    reference.name
+                ),
+            )
+        })?;
+    let records = backup.status.map(|s| s.backups).unwrap_or_default();
+    let index = usize::try_from(reference.index.unwrap_or(0)).unwrap_or(usize::MAX);
+    let record = records.get(index).ok_or_else(|| {
+        SourceError::new(
+            SOURCE_UNAVAILABLE,
+            format!(
+                "EtcdBackup {} has {} recorded backup(s); index {index} does not exist (0 is the newest)",
+                reference.name,
+                records.len()
+            ),
+        )
+    })?;
+    Ok(ResolvedSource {
+        location: location_in(&backup.spec.storage, &record.location, &record.sha256),
+        revision: Some(record.revision),
+    })
+}
+
+/// Streams the snapshot once and checks it: present, etcd's hash intact,
+/// and the recorded SHA-256 when there is one. Returns its figures; the
+/// caller pins the restore to the SHA-256 checked here.
+pub async fn verify(
+    client: &Client,
+    namespace: &str,
+    source: &ResolvedSource,
+) -> Result<Summary, SourceError> {
+    let location = &source.location;
+    let credentials = credentials_for(client, namespace, location.credentials_secret.as_deref())
+        .await
+        .map_err(|m| SourceError::new(SOURCE_UNAVAILABLE, m))?;
+    let endpoint = match &location.endpoint {
+        Some(endpoint) => Some(service_address::reachable_url(client, endpoint).await),
+        None => None,
+    };
+    let redact = |text: String| match &credentials {
+        Some(c) => c.redact(&text),
+        None => text,
+    };
+    let (destination, path) = store::location(location, credentials.as_ref(), endpoint.as_deref())
+        .map_err(|e| SourceError::new(SOURCE_UNAVAILABLE, redact(e.to_string())))?;
+    let summary = snapshot::digest_stored(&destination, &path, None)
+        .await
+        .map_err(|e| {
+            SourceError::new(
+                SOURCE_UNAVAILABLE,
+                redact(format!("reading {}: {e}", location.url)),
+            )
+        })?;
+    snapshot::check_restorable(&summary, location.sha256.as_deref())
+        .map_err(|e| SourceError::new(SNAPSHOT_CORRUPT, format!("{}: {e}", location.url)))?;
+    Ok(summary)
+}
