@@ -44,10 +44,13 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
                 shutdown.cancel();
             }
         });
-        tracing::info!("bosun operator: running the EtcdCluster and EtcdBackup controllers");
+        tracing::info!(
+            "bosun operator: running the EtcdCluster, EtcdBackup and EtcdRestore controllers"
+        );
         tokio::join!(
             bosun_etcd::cluster::reconcile::run(client.clone(), shutdown.clone()),
-            bosun_etcd::backup::reconcile::run(client, shutdown),
+            bosun_etcd::backup::reconcile::run(client.clone(), shutdown.clone()),
+            bosun_etcd::restore::reconcile::run(client, shutdown),
         );
         Ok(())
     })

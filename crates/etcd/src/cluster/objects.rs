@@ -49,6 +49,23 @@ pub const APP_NAME: &str = "etcd";
 /// The value of [`MANAGED_BY_LABEL`].
 pub const MANAGER: &str = "bosun";
 
+/// The annotation on an EtcdCluster that an EtcdRestore is bringing it
+/// back to a backup: `<EtcdRestore name>/<its uid>`. Set by the restore
+/// controller once the snapshot is verified; removed by the cluster
+/// controller when the restored cluster has its full size.
+pub const RESTORE_ANNOTATION: &str = "etcd.bosun.dev/restore";
+/// The annotation on member pods and PVCs made during an in-place restore:
+/// the EtcdRestore's uid. What lacks it predates the restore and is wiped.
+pub const RESTORE_ID_ANNOTATION: &str = "etcd.bosun.dev/restore-id";
+
+/// The in-place restore an EtcdCluster is under, as `(name, uid)` of the
+/// EtcdRestore.
+pub fn restore_in_progress(cluster: &EtcdCluster) -> Option<(String, String)> {
+    let value = cluster.annotations().get(RESTORE_ANNOTATION)?;
+    let (name, uid) = value.split_once('/')?;
+    (!name.is_empty() && !uid.is_empty()).then(|| (name.to_string(), uid.to_string()))
+}
+
 /// The annotation on a member pod with the etcd version it runs.
 pub const VERSION_ANNOTATION: &str = "etcd.bosun.dev/version";
 /// The annotation on a member pod with the `--initial-cluster-state` it was

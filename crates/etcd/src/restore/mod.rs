@@ -4,4 +4,5 @@
 //! (`spec.bootstrap.restore`) uses the same source and init container.
 
 pub mod member;
+pub mod reconcile;
 pub mod source;
