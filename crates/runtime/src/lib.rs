@@ -1,10 +1,23 @@
 //! The reusable operator runtime on kube-rs, for bosun's operators and for any
-//! Rust operator author: running controllers under one shutdown signal,
-//! leader election on a `coordination.k8s.io/v1` Lease with client-go's
-//! semantics, the admission webhook server, and the metrics and health
-//! endpoints.
+//! Rust operator author:
 //!
-//! So far it holds [`leader_election`]; the rest arrives with the
-//! operator-runtime issue.
+//! - [`manager`] runs a process's controllers under one shutdown signal, only
+//!   while leading when leader election is configured;
+//! - [`leader_election`] is leader election on a `coordination.k8s.io/v1`
+//!   Lease with client-go's semantics;
+//! - [`metrics`] is the process's Prometheus registry, with reconcile and
+//!   leader-election series;
+//! - [`health`] holds the liveness and readiness checks;
+//! - [`http`] serves `/healthz`, `/readyz` and `/metrics`.
+//!
+//! The admission webhook server arrives with the operator-runtime issue.
 
+pub mod health;
+pub mod http;
 pub mod leader_election;
+pub mod manager;
+pub mod metrics;
+
+/// The metrics library whose types [`metrics::Metrics::register`] takes, so
+/// that operator code uses the same version as the runtime.
+pub use prometheus_client;
