@@ -5,6 +5,7 @@
 
 mod crds;
 mod dev;
+mod leader_elector;
 mod operator;
 mod restore_member;
 mod signals;
@@ -38,6 +39,11 @@ enum Command {
     Dev(dev::DevCommand),
     /// Run the operator against the cluster of a kubeconfig (or in cluster).
     Operator(operator::OperatorArgs),
+    /// Take part in a Lease leader election for a program that cannot (a sidecar).
+    ///
+    /// Serves /leader (who leads, as JSON), /healthz, /readyz and /metrics;
+    /// gives the Lease back on SIGTERM.
+    LeaderElector(leader_elector::LeaderElectorArgs),
     /// Restore a seed member's data from a snapshot (the init container of a restore).
     RestoreMember(restore_member::RestoreMemberArgs),
 }
@@ -59,6 +65,7 @@ fn main() -> ExitCode {
         Command::Crds { out_dir: Some(dir) } => crds::write_dir(&dir),
         Command::Dev(command) => dev::run(command),
         Command::Operator(args) => operator::run(args),
+        Command::LeaderElector(args) => leader_elector::run(args),
         Command::RestoreMember(args) => restore_member::run(args),
     };
     match result {
