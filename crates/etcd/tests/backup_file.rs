@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use bosun_api::{EtcdBackup, EtcdCluster};
 use bosun_devcluster::fixture::TestCluster;
 use bosun_devcluster::readiness::wait_until;
-use common::{DEADLINE, POLL, etcd_client, wait_for_members};
+use common::{
+    DEADLINE, POLL, backup_condition as condition, etcd_client,
+    wait_for_backup_phase as wait_for_phase, wait_for_members,
+};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use sha2::{Digest, Sha256};
@@ -87,38 +90,6 @@ fn backup_object(ns: &str, name: &str, dir: &Path, extra: serde_json::Value) -> 
         "spec": spec,
     }))
     .expect("backup object")
-}
-
-async fn wait_for_phase(api: &Api<EtcdBackup>, name: &str, phase: &str) -> EtcdBackup {
-    wait_until(
-        &format!("EtcdBackup {name} to reach phase {phase}"),
-        DEADLINE,
-        POLL,
-        || async move {
-            let backup = api.get(name).await.map_err(|e| e.to_string())?;
-            let current = backup
-                .status
-                .as_ref()
-                .and_then(|s| s.phase)
-                .map(|p| format!("{p:?}"));
-            Ok(current.as_deref() == Some(phase))
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    api.get(name).await.expect("get backup")
-}
-
-fn condition<'a>(
-    backup: &'a EtcdBackup,
-    type_: &str,
-) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    backup
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
 }
 
 fn sha256_hex(path: &Path) -> String {

@@ -285,6 +285,7 @@ async fn run_backup(
                 "stored and verified {} ({} bytes, revision {}, sha256 {})",
                 record.location, record.size_bytes, record.revision, record.sha256
             );
+            tracing::info!("{message}");
             status.last_successful_time = Some(record.completion_time.clone());
             status.backups.insert(0, record);
             // The history follows the store: records of deleted objects go.
@@ -508,16 +509,21 @@ async fn take_backup(
     }
     let (destination, credentials) =
         open_destination(&ctx.client, &namespace, &backup.spec.storage).await?;
+    let dir = backup_dir(&destination, backup);
+    let fail = |e: SnapshotError| RunFailure::from_snapshot(e, credentials.as_ref());
+    // Fail fast, before any snapshot is taken, on a missing bucket or
+    // refused credentials. Some S3-compatible servers create a missing
+    // bucket on upload and list one as empty, but all of them answer a read
+    // of a missing object in a missing bucket with NoSuchBucket.
+    preflight(&destination, &dir).await.map_err(fail)?;
     let (endpoint, member) = pick_member(&ctx.client, &namespace, cluster_name).await?;
 
-    let dir = backup_dir(&destination, backup);
     let stem = retention::stem_of(started);
     let path = dir.clone().join(format!("{stem}.db").as_str());
     tracing::info!(
         "backing up {cluster_name} from {endpoint} to {}",
         destination.url_of(&path)
     );
-    let fail = |e: SnapshotError| RunFailure::from_snapshot(e, credentials.as_ref());
     let summary = snapshot::upload(&endpoint, &destination, &path, &|_| {})
         .await
         .map_err(fail)?;
@@ -555,6 +561,26 @@ async fn take_backup(
         completion_time: to_time(completed),
     };
     Ok((record, kept))
+}
+
+/// Reads an object that does not exist: "not found" is the good answer;
+/// a missing bucket or refused credentials fail the backup.
+async fn preflight(destination: &Destination, dir: &Path) -> Result<(), SnapshotError> {
+    let probe = dir.clone().join(".bosun-preflight");
+    // The server's error code is in the response body, which only the
+    // error's Debug form carries.
+    let probe_result = destination.store.get(&probe).await;
+    match probe_result {
+        Ok(_) => Ok(()),
+        Err(e) if format!("{e:?}").contains("NoSuchBucket") => {
+            Err(SnapshotError::NotFound(format!(
+                "the bucket or container of {} does not exist",
+                destination.root_url
+            )))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Deletes what retention says goes, and returns the stems kept.

@@ -52,17 +52,19 @@ pub enum SnapshotError {
 impl From<object_store::Error> for SnapshotError {
     fn from(error: object_store::Error) -> Self {
         let text = error.to_string();
+        // S3 error codes are in the response body, which only Debug shows.
+        let detail = format!("{error:?}");
         match error {
             object_store::Error::PermissionDenied { .. }
             | object_store::Error::Unauthenticated { .. } => SnapshotError::Credentials(text),
             object_store::Error::NotFound { .. } => SnapshotError::NotFound(text),
-            _ if text.contains("InvalidAccessKeyId")
-                || text.contains("SignatureDoesNotMatch")
-                || text.contains("AccessDenied") =>
+            _ if detail.contains("InvalidAccessKeyId")
+                || detail.contains("SignatureDoesNotMatch")
+                || detail.contains("AccessDenied") =>
             {
                 SnapshotError::Credentials(text)
             }
-            _ if text.contains("NoSuchBucket") => SnapshotError::NotFound(text),
+            _ if detail.contains("NoSuchBucket") => SnapshotError::NotFound(text),
             _ => SnapshotError::Store(text),
         }
     }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use bosun_api::EtcdCluster;
+use bosun_api::{EtcdBackup, EtcdCluster};
 use bosun_devcluster::fixture::TestCluster;
 use bosun_devcluster::readiness::wait_until;
 use bosun_etcd::cluster::objects;
@@ -111,4 +111,38 @@ pub async fn count_keys(etcd: &mut EtcdClient, prefix: &str) -> i64 {
     .await
     .expect("count keys")
     .count()
+}
+
+/// Waits until an EtcdBackup reaches `phase` (`Succeeded`, `Failed`, ...).
+pub async fn wait_for_backup_phase(api: &Api<EtcdBackup>, name: &str, phase: &str) -> EtcdBackup {
+    wait_until(
+        &format!("EtcdBackup {name} to reach phase {phase}"),
+        DEADLINE,
+        POLL,
+        || async move {
+            let backup = api.get(name).await.map_err(|e| e.to_string())?;
+            let current = backup
+                .status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .map(|p| format!("{p:?}"));
+            Ok(current.as_deref() == Some(phase))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    api.get(name).await.expect("get backup")
+}
+
+/// One condition of an EtcdBackup.
+pub fn backup_condition<'a>(
+    backup: &'a EtcdBackup,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    backup
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
 }

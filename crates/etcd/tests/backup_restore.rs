@@ -1,0 +1,484 @@
+//! Backups to the dev cluster's S3 server (SeaweedFS, Service `s3` in
+//! `bosun-system`) and restores from them, both ways: a new cluster seeded
+//! by `spec.bootstrap.restore`, and an existing cluster brought back by an
+//! EtcdRestore. Also the refusals: wrong credentials, a missing bucket, a
+//! corrupt or truncated snapshot — each with a message, no secret anywhere,
+//! and the target's data untouched.
+
+mod common;
+
+use std::time::Duration;
+
+use bosun_api::{EtcdBackup, EtcdCluster, EtcdRestore};
+use bosun_devcluster::fixture::TestCluster;
+use bosun_devcluster::readiness::wait_until;
+use common::{
+    DEADLINE, POLL, backup_condition, count_keys, etcd_client, member_pods, wait_for_backup_phase,
+    wait_for_members,
+};
+use etcd_client::{Client as EtcdClient, GetOptions, Txn, TxnOp};
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Secret};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, PostParams};
+
+/// The dev cluster's S3 endpoint, as a pod (and the operator) names it.
+const S3_ENDPOINT: &str = "http://s3.bosun-system.svc";
+const BUCKET: &str = "bosun-backups";
+
+/// Copies the dev cluster's S3 credentials into the test's namespace
+/// (a spec names a Secret of its own namespace), returning the secret key.
+async fn copy_s3_credentials(cluster: &TestCluster, ns: &str, name: &str) -> String {
+    let system: Api<Secret> = Api::namespaced(cluster.client.clone(), "bosun-system");
+    let source = system
+        .get("s3-credentials")
+        .await
+        .expect("the dev cluster's S3 Secret");
+    let data = source.data.clone().unwrap_or_default();
+    let secret_key = String::from_utf8(data["secretAccessKey"].0.clone()).expect("utf-8");
+    let copy: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": ns},
+        "data": data,
+    }))
+    .expect("secret");
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), ns);
+    secrets
+        .create(&PostParams::default(), &copy)
+        .await
+        .expect("create secret");
+    secret_key
+}
+
+async fn create_secret(cluster: &TestCluster, ns: &str, name: &str, id: &str, key: &str) {
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": ns},
+        "stringData": {"accessKeyID": id, "secretAccessKey": key},
+    }))
+    .expect("secret");
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), ns);
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create secret");
+}
+
+fn cluster_object(ns: &str, size: i32, restore_from: Option<serde_json::Value>) -> EtcdCluster {
+    let mut spec = serde_json::json!({"size": size, "storage": {"size": "256Mi"}});
+    if let Some(source) = restore_from {
+        spec["bootstrap"] = serde_json::json!({"restore": {"source": source}});
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "etcd.bosun.dev/v1alpha1", "kind": "EtcdCluster",
+        "metadata": {"name": "db", "namespace": ns},
+        "spec": spec,
+    }))
+    .expect("cluster object")
+}
+
+fn s3_backup(ns: &str, name: &str, bucket: &str, secret: &str) -> EtcdBackup {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "etcd.bosun.dev/v1alpha1", "kind": "EtcdBackup",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "clusterName": "db",
+            "storage": {"s3": {
+                "bucket": bucket, "prefix": "tests", "endpoint": S3_ENDPOINT,
+                "forcePathStyle": true, "credentialsSecret": secret,
+            }},
+            "timeoutSeconds": 60,
+        },
+    }))
+    .expect("backup object")
+}
+
+/// Writes `/k/<from>` .. `/k/<to - 1>` with value `v<i>`, 100 per transaction.
+async fn write_keys(etcd: &mut EtcdClient, from: usize, to: usize) {
+    let mut i = from;
+    while i < to {
+        let end = (i + 100).min(to);
+        let ops: Vec<TxnOp> = (i..end)
+            .map(|k| TxnOp::put(format!("/k/{k:05}"), format!("v{k}"), None))
+            .collect();
+        etcd.txn(Txn::new().and_then(ops)).await.expect("txn");
+        i = end;
+    }
+}
+
+/// Asserts the cluster holds exactly `/k/00000` .. `/k/<n - 1>` with their values.
+async fn assert_exactly_keys(etcd: &mut EtcdClient, n: usize) {
+    assert_eq!(count_keys(etcd, "/k/").await, n as i64, "key count");
+    let all = etcd
+        .get("/k/", Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("get keys");
+    for (i, kv) in all.kvs().iter().enumerate() {
+        assert_eq!(kv.key_str().expect("utf-8"), format!("/k/{i:05}"));
+        assert_eq!(kv.value_str().expect("utf-8"), format!("v{i}"));
+    }
+}
+
+async fn wait_for_restore_phase(api: &Api<EtcdRestore>, name: &str, phase: &str) -> EtcdRestore {
+    wait_until(
+        &format!("EtcdRestore {name} to be {phase}"),
+        DEADLINE,
+        POLL,
+        || async move {
+            let restore = api.get(name).await.map_err(|e| e.to_string())?;
+            Ok(restore
+                .status
+                .and_then(|s| s.phase)
+                .map(|p| format!("{p:?}"))
+                .as_deref()
+                == Some(phase))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    api.get(name).await.expect("get restore")
+}
+
+/// Every Event message in a namespace.
+async fn event_messages(cluster: &TestCluster, ns: &str) -> Vec<String> {
+    let events: Api<Event> = Api::namespaced(cluster.client.clone(), ns);
+    events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter_map(|e| e.message)
+        .collect()
+}
+
+#[tokio::test]
+async fn backup_to_s3_then_restore_a_new_cluster_and_an_existing_one() {
+    let cluster = TestCluster::connect().await;
+    let ns = cluster.namespace("backup-restore-s3").await;
+    let secret_key = copy_s3_credentials(&cluster, &ns.name, "s3-credentials").await;
+    let clusters: Api<EtcdCluster> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let backups: Api<EtcdBackup> = Api::namespaced(cluster.client.clone(), &ns.name);
+
+    clusters
+        .create(&PostParams::default(), &cluster_object(&ns.name, 3, None))
+        .await
+        .expect("create cluster");
+    wait_for_members(&clusters, "db", 3).await;
+    let mut etcd = etcd_client(&cluster, &ns.name, "db").await;
+    write_keys(&mut etcd, 0, 10_000).await;
+
+    backups
+        .create(
+            &PostParams::default(),
+            &s3_backup(&ns.name, "once", BUCKET, "s3-credentials"),
+        )
+        .await
+        .expect("create backup");
+    let done = wait_for_backup_phase(&backups, "once", "Succeeded").await;
+    let record = done.status.expect("status").backups[0].clone();
+    assert!(
+        record.location.starts_with("s3://bosun-backups/tests/"),
+        "{}",
+        record.location
+    );
+
+    // 1,000 keys the backup does not have; then the cluster goes.
+    write_keys(&mut etcd, 10_000, 11_000).await;
+    drop(etcd);
+    clusters
+        .delete("db", &DeleteParams::foreground())
+        .await
+        .expect("delete cluster");
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), &ns.name);
+    wait_until(
+        "the cluster's pods and volumes to be gone",
+        DEADLINE,
+        POLL,
+        || async {
+            let pods = member_pods(&cluster, &ns.name, "db").await;
+            let volumes = pvcs
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let gone = clusters
+                .get_opt("db")
+                .await
+                .map_err(|e| e.to_string())?
+                .is_none();
+            Ok(gone && pods.is_empty() && volumes.items.is_empty())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // (a) A new cluster from the backup: exactly the first 10,000 keys, at
+    // the snapshot's revision, at full size.
+    let source = serde_json::json!({"backup": {"name": "once"}});
+    clusters
+        .create(
+            &PostParams::default(),
+            &cluster_object(&ns.name, 3, Some(source.clone())),
+        )
+        .await
+        .expect("create restored cluster");
+    wait_for_members(&clusters, "db", 3).await;
+    let mut etcd = etcd_client(&cluster, &ns.name, "db").await;
+    assert_exactly_keys(&mut etcd, 10_000).await;
+    let revision = etcd
+        .get("/k/00000", None)
+        .await
+        .expect("get")
+        .header()
+        .map(|h| h.revision())
+        .unwrap_or_default();
+    assert_eq!(revision, record.revision, "the snapshot's revision");
+
+    // (b) More keys, then an EtcdRestore of the same backup: back to exactly those keys.
+    write_keys(&mut etcd, 10_000, 10_500).await;
+    drop(etcd);
+    let restores: Api<EtcdRestore> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let restore: EtcdRestore = serde_json::from_value(serde_json::json!({
+        "apiVersion": "etcd.bosun.dev/v1alpha1", "kind": "EtcdRestore",
+        "metadata": {"name": "back", "namespace": ns.name},
+        "spec": {"clusterName": "db", "source": source},
+    }))
+    .expect("restore object");
+    restores
+        .create(&PostParams::default(), &restore)
+        .await
+        .expect("create restore");
+    let restored = wait_for_restore_phase(&restores, "back", "Succeeded").await;
+    assert_eq!(
+        restored.status.and_then(|s| s.restored_revision),
+        Some(record.revision)
+    );
+    wait_for_members(&clusters, "db", 3).await;
+    let mut etcd = etcd_client(&cluster, &ns.name, "db").await;
+    assert_exactly_keys(&mut etcd, 10_000).await;
+    let kept = clusters
+        .get("db")
+        .await
+        .expect("the EtcdCluster object is kept");
+    assert_eq!(kept.spec.size, 3);
+
+    // No secret in any event.
+    for message in event_messages(&cluster, &ns.name).await {
+        assert!(!message.contains(&secret_key), "secret in event: {message}");
+    }
+}
+
+#[tokio::test]
+async fn wrong_credentials_and_a_missing_bucket_fail_with_a_message_and_no_secret() {
+    let cluster = TestCluster::connect().await;
+    let ns = cluster.namespace("backup-s3-refused").await;
+    let real_key = copy_s3_credentials(&cluster, &ns.name, "s3-credentials").await;
+    let wrong_key = "wrong-secret-key-0123456789abcdef";
+    create_secret(
+        &cluster,
+        &ns.name,
+        "wrong",
+        "BOSUNWRONGKEYID0000",
+        wrong_key,
+    )
+    .await;
+    let clusters: Api<EtcdCluster> = Api::namespaced(cluster.client.clone(), &ns.name);
+    clusters
+        .create(&PostParams::default(), &cluster_object(&ns.name, 1, None))
+        .await
+        .expect("create cluster");
+    wait_for_members(&clusters, "db", 1).await;
+    let backups: Api<EtcdBackup> = Api::namespaced(cluster.client.clone(), &ns.name);
+
+    backups
+        .create(
+            &PostParams::default(),
+            &s3_backup(&ns.name, "wrong-key", BUCKET, "wrong"),
+        )
+        .await
+        .expect("create backup");
+    // A name no earlier run used: some servers create a bucket on upload.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let missing_bucket = format!("missing-{}-{nanos}", std::process::id());
+    let failed = wait_for_backup_phase(&backups, "wrong-key", "Failed").await;
+    let condition = backup_condition(&failed, "Failed")
+        .expect("Failed condition")
+        .clone();
+    assert_eq!(
+        condition.reason, "CredentialsRefused",
+        "{}",
+        condition.message
+    );
+
+    backups
+        .create(
+            &PostParams::default(),
+            &s3_backup(&ns.name, "no-bucket", &missing_bucket, "s3-credentials"),
+        )
+        .await
+        .expect("create backup");
+    let failed = wait_for_backup_phase(&backups, "no-bucket", "Failed").await;
+    let condition = backup_condition(&failed, "Failed")
+        .expect("Failed condition")
+        .clone();
+    assert_eq!(condition.reason, "StorageNotFound", "{}", condition.message);
+
+    let mut texts = event_messages(&cluster, &ns.name).await;
+    for name in ["wrong-key", "no-bucket"] {
+        let backup = backups.get(name).await.expect("get");
+        texts.extend(
+            backup
+                .status
+                .into_iter()
+                .flat_map(|s| s.conditions)
+                .map(|c| c.message),
+        );
+    }
+    // The operator's own log, where the dev cluster keeps it.
+    let log = cluster
+        .kubeconfig
+        .parent()
+        .map(|dir| dir.join("logs/bosun-operator.log"))
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .unwrap_or_default();
+    texts.push(log);
+    for text in &texts {
+        assert!(!text.contains(wrong_key), "wrong secret key leaked: {text}");
+        assert!(!text.contains(&real_key), "secret key leaked");
+    }
+}
+
+#[tokio::test]
+async fn corrupt_and_truncated_snapshots_are_refused_and_the_cluster_is_untouched() {
+    let cluster = TestCluster::connect().await;
+    let ns = cluster.namespace("restore-corrupt").await;
+    let dir = std::env::temp_dir().join(format!("bosun-restore-corrupt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let clusters: Api<EtcdCluster> = Api::namespaced(cluster.client.clone(), &ns.name);
+    clusters
+        .create(&PostParams::default(), &cluster_object(&ns.name, 1, None))
+        .await
+        .expect("create cluster");
+    wait_for_members(&clusters, "db", 1).await;
+    let mut etcd = etcd_client(&cluster, &ns.name, "db").await;
+    write_keys(&mut etcd, 0, 300).await;
+    let backups: Api<EtcdBackup> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let backup: EtcdBackup = serde_json::from_value(serde_json::json!({
+        "apiVersion": "etcd.bosun.dev/v1alpha1", "kind": "EtcdBackup",
+        "metadata": {"name": "file", "namespace": ns.name},
+        "spec": {"clusterName": "db", "storage": {"file": {"path": dir.display().to_string()}}},
+    }))
+    .expect("backup");
+    backups
+        .create(&PostParams::default(), &backup)
+        .await
+        .expect("create backup");
+    let record = wait_for_backup_phase(&backups, "file", "Succeeded")
+        .await
+        .status
+        .expect("status")
+        .backups[0]
+        .clone();
+    let snapshot = std::path::PathBuf::from(record.location.trim_start_matches("file://"));
+    let good = std::fs::read(&snapshot).expect("read snapshot");
+    write_keys(&mut etcd, 300, 400).await;
+    let pods_before: Vec<String> = member_pods(&cluster, &ns.name, "db")
+        .await
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
+
+    let restores: Api<EtcdRestore> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let cases: [(&str, Vec<u8>); 2] = [
+        ("flipped", {
+            let mut bytes = good.clone();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x01;
+            bytes
+        }),
+        ("truncated", good[..good.len() - 4096].to_vec()),
+    ];
+    for (case, bytes) in cases {
+        std::fs::write(&snapshot, &bytes).expect("damage the snapshot");
+        let restore: EtcdRestore = serde_json::from_value(serde_json::json!({
+            "apiVersion": "etcd.bosun.dev/v1alpha1", "kind": "EtcdRestore",
+            "metadata": {"name": case, "namespace": ns.name},
+            "spec": {"clusterName": "db", "source": {"backup": {"name": "file"}}},
+        }))
+        .expect("restore object");
+        restores
+            .create(&PostParams::default(), &restore)
+            .await
+            .expect("create restore");
+        let failed = wait_for_restore_phase(&restores, case, "Failed").await;
+        let condition = failed
+            .status
+            .expect("status")
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Failed")
+            .expect("Failed condition");
+        assert_eq!(
+            condition.reason, "SnapshotCorrupt",
+            "{case}: {}",
+            condition.message
+        );
+        assert!(
+            condition.message.contains("not touched"),
+            "{case}: {}",
+            condition.message
+        );
+    }
+
+    // A new cluster seeded from the damaged snapshot creates no member.
+    let seeded: EtcdCluster = serde_json::from_value(serde_json::json!({
+        "apiVersion": "etcd.bosun.dev/v1alpha1", "kind": "EtcdCluster",
+        "metadata": {"name": "seeded", "namespace": ns.name},
+        "spec": {"size": 1, "storage": {"size": "256Mi"},
+                 "bootstrap": {"restore": {"source": {"backup": {"name": "file"}}}}},
+    }))
+    .expect("cluster");
+    clusters
+        .create(&PostParams::default(), &seeded)
+        .await
+        .expect("create");
+    wait_until(
+        "the seeded cluster to report the corrupt snapshot",
+        DEADLINE,
+        POLL,
+        || async {
+            let c = clusters.get("seeded").await.map_err(|e| e.to_string())?;
+            Ok(c.status.is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Degraded" && c.reason == "SnapshotCorrupt")
+            }))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(member_pods(&cluster, &ns.name, "seeded").await.is_empty());
+
+    // The target kept its pods and every key, including those after the backup.
+    let pods_after: Vec<String> = member_pods(&cluster, &ns.name, "db")
+        .await
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
+    assert_eq!(pods_before, pods_after);
+    let annotations = clusters
+        .get("db")
+        .await
+        .expect("get")
+        .metadata
+        .annotations
+        .unwrap_or_default();
+    assert!(
+        !annotations.contains_key("etcd.bosun.dev/restore"),
+        "{annotations:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(10), assert_exactly_keys(&mut etcd, 400))
+        .await
+        .expect("keys readable");
+    let _ = std::fs::remove_dir_all(&dir);
+}
