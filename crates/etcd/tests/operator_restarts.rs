@@ -122,3 +122,121 @@ async fn operator_killed_mid_scale_up_and_mid_upgrade_finishes_both() {
     let mut etcd = etcd_client(&cluster, &ns.name, "restarts").await;
     assert_eq!(count_keys(&mut etcd, "/r/").await, 100);
 }
+
+/// Proof 5 of backups: the operator is killed while a backup streams into
+/// S3. The interrupted run leaves no object that counts as a backup (a
+/// multipart upload that never completed is no object; a snapshot without
+/// its manifest is debris), and the run after the restart succeeds.
+#[tokio::test]
+async fn operator_killed_during_an_upload_leaves_no_partial_backup_and_the_next_run_succeeds() {
+    use bosun_api::EtcdBackup;
+    use bosun_etcd::backup::{reconcile as backup, service_address, store};
+    use etcd_client::{Txn, TxnOp};
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Secret;
+    use object_store::ObjectStoreExt;
+
+    let cluster = TestCluster::connect().await;
+    let ns = cluster.namespace("operator-killed-upload").await;
+    let clusters: Api<EtcdCluster> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let object: EtcdCluster = serde_json::from_value(serde_json::json!({
+        "apiVersion": "etcd.bosun.dev/v1alpha1", "kind": "EtcdCluster",
+        "metadata": {"name": "restarts", "namespace": ns.name},
+        "spec": {"size": 1, "storage": {"size": "1Gi"}}
+    }))
+    .expect("cluster object");
+    clusters
+        .create(&PostParams::default(), &object)
+        .await
+        .expect("create");
+    wait_for_members(&clusters, "restarts", 1).await;
+    // ~150 MiB, so that the upload takes long enough to be interrupted.
+    let mut etcd = etcd_client(&cluster, &ns.name, "restarts").await;
+    let value = "x".repeat(1024 * 1024);
+    // One 1 MiB value per request: etcd takes requests up to 1.5 MiB.
+    for i in 0..150 {
+        etcd.txn(Txn::new().and_then([TxnOp::put(format!("/big/{i:03}"), value.clone(), None)]))
+            .await
+            .expect("txn");
+    }
+
+    let system: Api<Secret> = Api::namespaced(cluster.client.clone(), "bosun-system");
+    let mut secret = system.get("s3-credentials").await.expect("S3 Secret");
+    secret.metadata = kube::api::ObjectMeta {
+        name: Some("s3-credentials".into()),
+        namespace: Some(ns.name.clone()),
+        ..Default::default()
+    };
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &ns.name);
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("copy S3 Secret");
+    let backups: Api<EtcdBackup> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let backup: EtcdBackup = serde_json::from_value(serde_json::json!({
+        "apiVersion": "etcd.bosun.dev/v1alpha1", "kind": "EtcdBackup",
+        "metadata": {"name": "interrupted", "namespace": ns.name},
+        "spec": {"clusterName": "restarts", "storage": {"s3": {
+            "bucket": "bosun-backups", "prefix": "restarts", "endpoint": "http://s3.bosun-system.svc",
+            "forcePathStyle": true, "credentialsSecret": "s3-credentials"}}},
+    }))
+    .expect("backup object");
+    backups
+        .create(&PostParams::default(), &backup)
+        .await
+        .expect("create backup");
+
+    wait_until(
+        "the backup to be running",
+        DEADLINE,
+        Duration::from_millis(20),
+        || async {
+            let phase = backups
+                .get("interrupted")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .and_then(|s| s.phase);
+            Ok(phase == Some(bosun_api::backup::BackupPhase::Running))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let pid = kill_operator(&cluster);
+    eprintln!("killed the operator (pid {pid}) during the upload");
+
+    let done = common::wait_for_backup_phase(&backups, "interrupted", "Succeeded").await;
+    let status = done.status.clone().expect("status");
+    assert_eq!(status.backups.len(), 1, "{:?}", status.backups);
+    let record = &status.backups[0];
+
+    // The store holds exactly the recorded backup: its snapshot and manifest.
+    let credentials = backup::credentials_for(&cluster.client, &ns.name, Some("s3-credentials"))
+        .await
+        .expect("credentials");
+    let endpoint =
+        service_address::reachable_url(&cluster.client, "http://s3.bosun-system.svc").await;
+    let destination = store::destination(&done.spec.storage, credentials.as_ref(), Some(&endpoint))
+        .expect("store");
+    let dir = backup::backup_dir(&destination, &done);
+    let names: Vec<String> = destination
+        .store
+        .list(Some(&dir))
+        .map(|m| m.expect("list").location.to_string())
+        .collect()
+        .await;
+    let snapshots: Vec<&String> = names.iter().filter(|n| n.ends_with(".db")).collect();
+    assert_eq!(snapshots.len(), 1, "{names:?}");
+    assert_eq!(
+        destination.url_of(&snapshots[0].as_str().into()),
+        record.location
+    );
+    assert_eq!(names.len(), 2, "a snapshot and its manifest: {names:?}");
+    for name in &names {
+        destination
+            .store
+            .delete(&name.as_str().into())
+            .await
+            .expect("clean up");
+    }
+}
