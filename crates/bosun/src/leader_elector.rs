@@ -16,7 +16,7 @@
 //! could outlive its term, so there is nothing a restart would make safer.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -31,7 +31,6 @@ use bosun_runtime::leader_election::{
 use bosun_runtime::metrics::Metrics;
 use clap::Args;
 use kube::Client;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -116,7 +115,7 @@ pub fn run(args: LeaderElectorArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let client = client(args.kubeconfig.as_deref()).await?;
+        let client = crate::client::client(args.kubeconfig.as_deref()).await?;
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
@@ -202,22 +201,6 @@ fn leader_readiness(state: &LeaderState) -> Result<(), String> {
         Some(leader) => format!("not the leader; {leader} leads"),
         None => "not the leader; nobody leads yet".to_string(),
     })
-}
-
-/// A client for the cluster of `kubeconfig`, or of the inferred
-/// configuration ($KUBECONFIG, ~/.kube/config, in-cluster) without one.
-pub(crate) async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kubeconfig = Kubeconfig::read_from(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("finding a kubeconfig or in-cluster config")?,
-    };
-    Client::try_from(config).context("building the Kubernetes client")
 }
 
 /// Parses a duration the way Go's `time.ParseDuration` writes the common

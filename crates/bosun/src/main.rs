@@ -3,6 +3,7 @@
 //! This file only parses the command line and hands each subcommand to its
 //! module; the work lives in the library crates.
 
+mod client;
 mod crds;
 mod dev;
 mod leader_elector;

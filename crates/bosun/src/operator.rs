@@ -1,11 +1,15 @@
 //! `bosun operator`: runs bosun's controllers against the cluster of a
-//! kubeconfig (or the in-cluster config), until SIGTERM or Ctrl-C.
+//! kubeconfig (or the in-cluster config) under one manager, until SIGTERM or
+//! Ctrl-C: with leader election on a Lease when several replicas run, and
+//! `/healthz`, `/readyz` and `/metrics` on one HTTP listener.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use bosun_runtime::leader_election::ElectionConfig;
+use bosun_runtime::manager::Manager;
 use clap::Args;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio_util::sync::CancellationToken;
 
 /// Options of `bosun operator`.
@@ -14,6 +18,31 @@ pub struct OperatorArgs {
     /// Kubeconfig to use; default: $KUBECONFIG, ~/.kube/config, or the in-cluster config.
     #[arg(long, value_name = "PATH")]
     kubeconfig: Option<PathBuf>,
+    /// Run the controllers only while holding the Lease, so that one of
+    /// several replicas acts [default: true in a pod, false elsewhere].
+    #[arg(long, value_name = "BOOL")]
+    leader_elect: Option<bool>,
+    /// The Lease of leader election.
+    #[arg(long, default_value = "bosun-operator")]
+    lease_name: String,
+    /// The Lease's namespace [default: $POD_NAMESPACE, else bosun-system].
+    #[arg(long)]
+    lease_namespace: Option<String>,
+    /// Where /healthz, /readyz and /metrics are served.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+}
+
+/// This replica's identity in the election: the pod's name in a pod (unique
+/// per replica), else the host name and process id.
+fn identity() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "bosun".to_string());
+        format!("{host}-{}", std::process::id())
+    })
 }
 
 /// Runs the operator.
@@ -23,18 +52,44 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let config = match &args.kubeconfig {
-            Some(path) => {
-                let kubeconfig = Kubeconfig::read_from(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                    .await?
-            }
-            None => kube::Config::infer()
-                .await
-                .context("finding a kubeconfig or in-cluster config")?,
-        };
-        let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
+        let client = crate::client::client(args.kubeconfig.as_deref()).await?;
+        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        let mut manager = Manager::new();
+        if args.leader_elect.unwrap_or(in_cluster) {
+            let namespace = args
+                .lease_namespace
+                .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                .unwrap_or_else(|| "bosun-system".to_string());
+            let config = ElectionConfig::new(namespace, args.lease_name, identity());
+            manager = manager
+                .with_leader_election(client.clone(), config)
+                .context("configuring leader election")?;
+        }
+        let metrics = manager.metrics().clone();
+        manager.add_controller("etcdcluster", {
+            let (client, metrics) = (client.clone(), metrics.controller("etcdcluster"));
+            move |stop| bosun_etcd::cluster::reconcile::run(client, stop, metrics)
+        });
+        manager.add_controller("etcdbackup", {
+            let (client, metrics) = (client.clone(), metrics.controller("etcdbackup"));
+            move |stop| bosun_etcd::backup::reconcile::run(client, stop, metrics)
+        });
+        manager.add_controller("etcdrestore", {
+            let metrics = metrics.controller("etcdrestore");
+            move |stop| bosun_etcd::restore::reconcile::run(client, stop, metrics)
+        });
+
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        let router = bosun_runtime::http::router(manager.health(), manager.metrics());
+        let http_stop = CancellationToken::new();
+        let http = tokio::spawn(bosun_runtime::http::serve(
+            listener,
+            router,
+            http_stop.clone(),
+        ));
+
         let shutdown = CancellationToken::new();
         tokio::spawn({
             let shutdown = shutdown.clone();
@@ -45,13 +100,12 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
             }
         });
         tracing::info!(
-            "bosun operator: running the EtcdCluster, EtcdBackup and EtcdRestore controllers"
+            "bosun operator: EtcdCluster, EtcdBackup and EtcdRestore controllers; health and metrics on http://{}",
+            args.listen
         );
-        tokio::join!(
-            bosun_etcd::cluster::reconcile::run(client.clone(), shutdown.clone()),
-            bosun_etcd::backup::reconcile::run(client.clone(), shutdown.clone()),
-            bosun_etcd::restore::reconcile::run(client, shutdown),
-        );
-        Ok(())
+        let result = manager.run(shutdown).await;
+        http_stop.cancel();
+        let _ = http.await;
+        result.context("the operator stopped")
     })
 }

@@ -17,6 +17,7 @@ use bosun_api::backup::{
 use bosun_api::conditions::{COMPLETE, FAILED, reasons};
 use bosun_api::validation::{parse_schedule, validate_backup};
 use bosun_api::{EtcdBackup, EtcdCluster};
+use bosun_runtime::metrics::ReconcileMetrics;
 use chrono::Utc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -110,7 +111,7 @@ impl RunFailure {
 }
 
 /// Runs the EtcdBackup controller until `shutdown` is cancelled.
-pub async fn run(client: Client, shutdown: CancellationToken) {
+pub async fn run(client: Client, shutdown: CancellationToken, metrics: ReconcileMetrics) {
     let context = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(
@@ -126,7 +127,14 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
         watcher::Config::default(),
     )
     .graceful_shutdown_on(async move { shutdown.cancelled().await })
-    .run(reconcile, error_policy, context)
+    .run(
+        move |object, context| {
+            let metrics = metrics.clone();
+            async move { metrics.observe(reconcile(object, context)).await }
+        },
+        error_policy,
+        context,
+    )
     .for_each(|result| async move {
         if let Err(e) = result {
             tracing::debug!("backup reconcile: {e}");

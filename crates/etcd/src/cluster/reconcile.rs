@@ -13,6 +13,7 @@ use bosun_api::conditions::{self, reasons};
 use bosun_api::validation::{check_version_change, validate_cluster};
 use bosun_api::version::EtcdVersion;
 use bosun_api::{EtcdCluster, EtcdRestore};
+use bosun_runtime::metrics::ReconcileMetrics;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -68,7 +69,7 @@ pub enum Error {
 }
 
 /// Runs the EtcdCluster controller until `shutdown` is cancelled.
-pub async fn run(client: Client, shutdown: CancellationToken) {
+pub async fn run(client: Client, shutdown: CancellationToken, metrics: ReconcileMetrics) {
     let hostname = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| "local".into());
@@ -92,7 +93,14 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
     .owns(Api::<Pod>::all(client.clone()), owned.clone())
     .owns(Api::<PersistentVolumeClaim>::all(client.clone()), owned)
     .graceful_shutdown_on(async move { shutdown.cancelled().await })
-    .run(reconcile, error_policy, context)
+    .run(
+        move |object, context| {
+            let metrics = metrics.clone();
+            async move { metrics.observe(reconcile(object, context)).await }
+        },
+        error_policy,
+        context,
+    )
     .for_each(|result| async move {
         if let Err(e) = result {
             tracing::debug!("reconcile: {e}");

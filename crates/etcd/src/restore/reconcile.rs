@@ -16,6 +16,7 @@ use bosun_api::conditions::{COMPLETE, FAILED, PROGRESSING, reasons};
 use bosun_api::restore::{EtcdRestoreStatus, RestorePhase};
 use bosun_api::validation::validate_restore;
 use bosun_api::{EtcdCluster, EtcdRestore};
+use bosun_runtime::metrics::ReconcileMetrics;
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -48,7 +49,7 @@ pub enum Error {
 }
 
 /// Runs the EtcdRestore controller until `shutdown` is cancelled.
-pub async fn run(client: Client, shutdown: CancellationToken) {
+pub async fn run(client: Client, shutdown: CancellationToken, metrics: ReconcileMetrics) {
     let context = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(
@@ -64,7 +65,14 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
         watcher::Config::default(),
     )
     .graceful_shutdown_on(async move { shutdown.cancelled().await })
-    .run(reconcile, error_policy, context)
+    .run(
+        move |object, context| {
+            let metrics = metrics.clone();
+            async move { metrics.observe(reconcile(object, context)).await }
+        },
+        error_policy,
+        context,
+    )
     .for_each(|result| async move {
         if let Err(e) = result {
             tracing::debug!("restore reconcile: {e}");
