@@ -29,6 +29,12 @@ echo "==> waiting for the etcd cluster to be Available"
 $kubectl wait etcd/example --for=condition=Available --timeout=300s
 $kubectl get etcd example
 
+# The EtcdBackup example names a Secret of its own namespace: give
+# `default` a copy of the dev cluster's S3 credentials.
+$kubectl -n bosun-system get secret s3-credentials -o json \
+  | python3 -c 'import json,sys; s=json.load(sys.stdin); print(json.dumps({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-credentials"}, "data": s["data"]}))' \
+  | $kubectl apply -f - >/dev/null
+
 pod=$($kubectl get pods -l app.kubernetes.io/instance=example -o jsonpath='{.items[0].metadata.name}')
 cat <<MSG
 
@@ -39,6 +45,12 @@ The example etcd cluster runs. Try:
   kubectl exec $pod -- etcdctl --endpoints=http://example-client:2379 put greeting hello
   kubectl exec $pod -- etcdctl --endpoints=http://example-client:2379 get greeting
   kubectl scale etcd/example --replicas=5
+
+Backups to the dev cluster's S3 store (docs/backup-restore.md):
+
+  kubectl apply -f examples/etcd-backup.yaml
+  target/debug/bosun backup now example
+  target/debug/bosun backup list example
 
 Stop everything with: target/debug/bosun dev down
 MSG
