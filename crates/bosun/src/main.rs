@@ -3,6 +3,7 @@
 //! This file only parses the command line and hands each subcommand to its
 //! module; the work lives in the library crates.
 
+mod backup;
 mod client;
 mod crds;
 mod dev;
@@ -47,6 +48,9 @@ enum Command {
     LeaderElector(leader_elector::LeaderElectorArgs),
     /// Restore a seed member's data from a snapshot (the init container of a restore).
     RestoreMember(restore_member::RestoreMemberArgs),
+    /// An EtcdCluster's backups: list them, or take one now.
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         Command::Operator(args) => operator::run(args),
         Command::LeaderElector(args) => leader_elector::run(args),
         Command::RestoreMember(args) => restore_member::run(args),
+        Command::Backup(command) => backup::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
