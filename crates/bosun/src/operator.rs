@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use bosun_etcd::telemetry::{EtcdMetrics, Telemetry};
 use bosun_runtime::leader_election::ElectionConfig;
 use bosun_runtime::manager::Manager;
 use clap::Args;
@@ -66,17 +67,18 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
                 .context("configuring leader election")?;
         }
         let metrics = manager.metrics().clone();
+        let etcd = EtcdMetrics::register(&metrics);
         manager.add_controller("etcdcluster", {
-            let (client, metrics) = (client.clone(), metrics.controller("etcdcluster"));
-            move |stop| bosun_etcd::cluster::reconcile::run(client, stop, metrics)
+            let (client, telemetry) = (client.clone(), Telemetry::new(&metrics, "etcdcluster", &etcd));
+            move |stop| bosun_etcd::cluster::reconcile::run(client, stop, telemetry)
         });
         manager.add_controller("etcdbackup", {
-            let (client, metrics) = (client.clone(), metrics.controller("etcdbackup"));
-            move |stop| bosun_etcd::backup::reconcile::run(client, stop, metrics)
+            let (client, telemetry) = (client.clone(), Telemetry::new(&metrics, "etcdbackup", &etcd));
+            move |stop| bosun_etcd::backup::reconcile::run(client, stop, telemetry)
         });
         manager.add_controller("etcdrestore", {
-            let metrics = metrics.controller("etcdrestore");
-            move |stop| bosun_etcd::restore::reconcile::run(client, stop, metrics)
+            let telemetry = Telemetry::new(&metrics, "etcdrestore", &etcd);
+            move |stop| bosun_etcd::restore::reconcile::run(client, stop, telemetry)
         });
 
         let listener = tokio::net::TcpListener::bind(args.listen)

@@ -11,3 +11,4 @@ pub mod cluster;
 pub mod members;
 pub mod restore;
 pub mod status;
+pub mod telemetry;

@@ -17,7 +17,6 @@ use bosun_api::backup::{
 use bosun_api::conditions::{COMPLETE, FAILED, reasons};
 use bosun_api::validation::{parse_schedule, validate_backup};
 use bosun_api::{EtcdBackup, EtcdCluster};
-use bosun_runtime::metrics::ReconcileMetrics;
 use chrono::Utc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -29,6 +28,8 @@ use kube::{Client, Resource, ResourceExt};
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use tokio_util::sync::CancellationToken;
+
+use crate::telemetry::{BackupLabels, Telemetry};
 
 use super::schedule::{self, Due};
 use super::snapshot::{self, Manifest, SnapshotError};
@@ -65,6 +66,8 @@ pub struct Context {
     pub client: Client,
     /// Publishes Events on EtcdBackups.
     pub recorder: Recorder,
+    /// The etcd series of `/metrics`.
+    pub metrics: crate::telemetry::EtcdMetrics,
 }
 
 /// Why a pass failed; the controller retries with back-off. A failed
@@ -111,8 +114,9 @@ impl RunFailure {
 }
 
 /// Runs the EtcdBackup controller until `shutdown` is cancelled.
-pub async fn run(client: Client, shutdown: CancellationToken, metrics: ReconcileMetrics) {
+pub async fn run(client: Client, shutdown: CancellationToken, telemetry: Telemetry) {
     let context = Arc::new(Context {
+        metrics: telemetry.etcd.clone(),
         client: client.clone(),
         recorder: Recorder::new(
             client.clone(),
@@ -129,7 +133,7 @@ pub async fn run(client: Client, shutdown: CancellationToken, metrics: Reconcile
     .graceful_shutdown_on(async move { shutdown.cancelled().await })
     .run(
         move |object, context| {
-            let metrics = metrics.clone();
+            let metrics = telemetry.reconcile.clone();
             async move { metrics.observe(reconcile(object, context)).await }
         },
         error_policy,
@@ -294,6 +298,18 @@ async fn run_backup(
                 record.location, record.size_bytes, record.revision, record.sha256
             );
             tracing::info!("{message}");
+            let took = (from_time(&record.completion_time) - from_time(&record.start_time))
+                .to_std()
+                .unwrap_or_default();
+            ctx.metrics.backup_succeeded(
+                &BackupLabels {
+                    namespace: backup.namespace().unwrap_or_default(),
+                    backup: backup.name_any(),
+                },
+                from_time(&record.completion_time).timestamp_millis() as f64 / 1000.0,
+                took.as_secs_f64(),
+                record.size_bytes,
+            );
             status.last_successful_time = Some(record.completion_time.clone());
             status.backups.insert(0, record);
             // The history follows the store: records of deleted objects go.

@@ -13,7 +13,6 @@ use bosun_api::conditions::{self, reasons};
 use bosun_api::validation::{check_version_change, validate_cluster};
 use bosun_api::version::EtcdVersion;
 use bosun_api::{EtcdCluster, EtcdRestore};
-use bosun_runtime::metrics::ReconcileMetrics;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -24,6 +23,8 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
+
+use crate::telemetry::{ClusterLabels, Telemetry};
 
 use super::objects::{self, InitialState, MemberPodParams, SeedRestore};
 use super::plan::{self, Desired, MemberView, Observed, PodView, RemoveReason, Step};
@@ -52,6 +53,8 @@ pub struct Context {
     pub client: Client,
     /// Publishes Events on EtcdClusters.
     pub recorder: Recorder,
+    /// The etcd series of `/metrics`.
+    pub metrics: crate::telemetry::EtcdMetrics,
 }
 
 /// Why a pass failed; the controller retries with back-off.
@@ -69,7 +72,7 @@ pub enum Error {
 }
 
 /// Runs the EtcdCluster controller until `shutdown` is cancelled.
-pub async fn run(client: Client, shutdown: CancellationToken, metrics: ReconcileMetrics) {
+pub async fn run(client: Client, shutdown: CancellationToken, telemetry: Telemetry) {
     let hostname = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| "local".into());
@@ -78,6 +81,7 @@ pub async fn run(client: Client, shutdown: CancellationToken, metrics: Reconcile
         instance: Some(hostname),
     };
     let context = Arc::new(Context {
+        metrics: telemetry.etcd.clone(),
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
     });
@@ -95,7 +99,7 @@ pub async fn run(client: Client, shutdown: CancellationToken, metrics: Reconcile
     .graceful_shutdown_on(async move { shutdown.cancelled().await })
     .run(
         move |object, context| {
-            let metrics = metrics.clone();
+            let metrics = telemetry.reconcile.clone();
             async move { metrics.observe(reconcile(object, context)).await }
         },
         error_policy,
@@ -149,6 +153,25 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
 
     pass.apply_services().await?;
     let observation = pass.observe().await?;
+    ctx.metrics.observe_cluster(
+        &ClusterLabels {
+            namespace: pass.ns(),
+            cluster: pass.name.clone(),
+        },
+        observation.members().len(),
+        observation.healthy_voters(),
+        observation
+            .statuses
+            .values()
+            .map(|s| s.leader)
+            .find(|l| *l != 0),
+        observation
+            .statuses
+            .values()
+            .map(|s| s.db_size)
+            .max()
+            .unwrap_or_default(),
+    );
 
     if cluster.spec.paused {
         let message = "spec.paused is set: the operator changes nothing";

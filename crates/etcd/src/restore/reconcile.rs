@@ -16,7 +16,6 @@ use bosun_api::conditions::{COMPLETE, FAILED, PROGRESSING, reasons};
 use bosun_api::restore::{EtcdRestoreStatus, RestorePhase};
 use bosun_api::validation::validate_restore;
 use bosun_api::{EtcdCluster, EtcdRestore};
-use bosun_runtime::metrics::ReconcileMetrics;
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -24,6 +23,8 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
+
+use crate::telemetry::Telemetry;
 
 use super::source;
 use crate::cluster::objects;
@@ -49,7 +50,7 @@ pub enum Error {
 }
 
 /// Runs the EtcdRestore controller until `shutdown` is cancelled.
-pub async fn run(client: Client, shutdown: CancellationToken, metrics: ReconcileMetrics) {
+pub async fn run(client: Client, shutdown: CancellationToken, telemetry: Telemetry) {
     let context = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(
@@ -67,7 +68,7 @@ pub async fn run(client: Client, shutdown: CancellationToken, metrics: Reconcile
     .graceful_shutdown_on(async move { shutdown.cancelled().await })
     .run(
         move |object, context| {
-            let metrics = metrics.clone();
+            let metrics = telemetry.reconcile.clone();
             async move { metrics.observe(reconcile(object, context)).await }
         },
         error_policy,
