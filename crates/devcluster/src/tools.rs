@@ -1,6 +1,7 @@
 //! The upstream programs `scripts/build-tools.sh` builds (Kubernetes, etcd,
-//! CoreDNS, containerd, runc), found in `$BOSUN_TOOLS_DIR` (default
-//! `~/.bosun/tools`) together with the versions it recorded.
+//! CoreDNS, containerd, runc) or fetches (SeaweedFS), found in
+//! `$BOSUN_TOOLS_DIR` (default `~/.bosun/tools`) together with the versions
+//! it recorded.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -90,6 +91,19 @@ impl Tools {
         }
     }
 
+    /// SeaweedFS's `weed` (`seaweedfs/weed`) and its version, both checked
+    /// to exist.
+    pub fn seaweedfs(&self) -> Result<(PathBuf, &str), ToolsError> {
+        let path = self.dir.join("seaweedfs").join("weed");
+        match self.version("SEAWEEDFS_VERSION") {
+            Some(version) if path.is_file() => Ok((path, version)),
+            _ => Err(ToolsError::Missing {
+                program: "seaweedfs (weed)".to_string(),
+                dir: self.dir.join("seaweedfs"),
+            }),
+        }
+    }
+
     /// A recorded version, e.g. `version("KUBERNETES_VERSION")` = `v1.37.2`.
     pub fn version(&self, key: &str) -> Option<&str> {
         self.versions.get(key).map(String::as_str)
@@ -133,6 +147,11 @@ mod tests {
             "{err}"
         );
         assert!(tools.etcd_dir("3.6.16").is_err());
+        let weed = tools.seaweedfs().expect_err("nothing is fetched");
+        assert!(
+            weed.to_string().contains("seaweedfs (weed) is missing"),
+            "{weed}"
+        );
         let missing = Tools::load(dir.join("nowhere")).expect_err("no versions.env");
         assert!(
             missing.to_string().contains("scripts/setup.sh --cluster"),
