@@ -45,6 +45,10 @@ pub const MEMCACHED_IMAGE_REPOSITORY: &str = "bosun.dev/memcached";
 /// The repository of the redis image; the tag is redis's upstream version.
 pub const REDIS_IMAGE_REPOSITORY: &str = "bosun.dev/redis";
 
+/// The repository of the SeaweedFS image (the dev cluster's object store);
+/// the tag is SeaweedFS's version.
+pub const SEAWEEDFS_IMAGE_REPOSITORY: &str = "bosun.dev/seaweedfs";
+
 /// The image of one etcd version: `etcd_image("3.6.16")` =
 /// `gcr.io/etcd-development/etcd:v3.6.16`.
 pub fn etcd_image(version: &str) -> String {
@@ -58,6 +62,12 @@ pub fn etcd_image(version: &str) -> String {
 /// `registry.k8s.io/coredns/coredns:v1.15.0`.
 pub fn coredns_image(version: &str) -> String {
     format!("{COREDNS_IMAGE_REPOSITORY}:{version}")
+}
+
+/// The SeaweedFS image of a version: `seaweedfs_image("4.48")` =
+/// `bosun.dev/seaweedfs:4.48`.
+pub fn seaweedfs_image(version: &str) -> String {
+    format!("{SEAWEEDFS_IMAGE_REPOSITORY}:{version}")
 }
 
 /// An image archive on disk, ready to import.
@@ -211,8 +221,8 @@ impl ImageError {
 }
 
 /// Builds (or reuses) every image the dev cluster and the tests need, in
-/// `out_dir`: pause, etcd for each built version, CoreDNS, the bosun
-/// operator (when `bosun_binary` is given), memcached and redis.
+/// `out_dir`: pause, etcd for each built version, CoreDNS, SeaweedFS, the
+/// bosun operator (when `bosun_binary` is given), memcached and redis.
 ///
 /// Downloaded Debian packages are kept in `out_dir/debian`. Needs `ldd`,
 /// `dpkg-deb`, `apt-get` and `apt-cache` on the host; with every input
@@ -259,8 +269,19 @@ pub fn build_all(
         .map(|binary| recipe::coredns(coredns_version, &binary))
         .map_err(ImageError::from);
     build(spec, &coredns_image(coredns_version))?;
+    build(seaweedfs_spec(tools, &busybox), SEAWEEDFS_IMAGE_REPOSITORY)?;
     if let Some(binary) = bosun_binary {
-        build(recipe::bosun(binary, &busybox), BOSUN_IMAGE)?;
+        // etcdutl of the newest patch release of each minor version.
+        let mut etcdutls: std::collections::BTreeMap<String, std::path::PathBuf> =
+            std::collections::BTreeMap::new();
+        for version in tools.etcd_versions() {
+            let minor: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
+            if let Ok(dir) = tools.etcd_dir(&version) {
+                etcdutls.insert(minor, dir.join("etcdutl"));
+            }
+        }
+        let etcdutls: Vec<_> = etcdutls.into_iter().collect();
+        build(recipe::bosun(binary, &busybox, &etcdutls), BOSUN_IMAGE)?;
     }
     build(
         recipe::memcached(&packages, &busybox),
@@ -268,6 +289,22 @@ pub fn build_all(
     )?;
     build(recipe::redis(&packages, &busybox), REDIS_IMAGE_REPOSITORY)?;
     Ok(built)
+}
+
+/// Builds (or reuses) the SeaweedFS image alone in `out_dir`, as
+/// [`build_all`] does: what the object store needs on a cluster that was
+/// started before it existed.
+pub fn build_seaweedfs(tools: &Tools, out_dir: &Path) -> Result<BuiltImage, ImageError> {
+    let packages = debian::PackageCache::new(out_dir.join("debian"));
+    let busybox = recipe::Busybox::find(&packages)?;
+    let spec =
+        seaweedfs_spec(tools, &busybox).map_err(|e| e.building(SEAWEEDFS_IMAGE_REPOSITORY))?;
+    build_cached(&spec, out_dir).map_err(|e| e.building(&spec.name))
+}
+
+fn seaweedfs_spec(tools: &Tools, busybox: &recipe::Busybox) -> Result<ImageSpec, ImageError> {
+    let (weed, version) = tools.seaweedfs()?;
+    Ok(recipe::seaweedfs(version, &weed, busybox))
 }
 
 #[cfg(test)]

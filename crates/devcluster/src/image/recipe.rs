@@ -10,7 +10,7 @@ use super::debian::{self, Package, PackageCache};
 use super::{
     BOSUN_IMAGE, COREDNS_IMAGE_REPOSITORY, ImageError, MEMCACHED_IMAGE_REPOSITORY, PAUSE_IMAGE,
 };
-use super::{REDIS_IMAGE_REPOSITORY, etcd_image};
+use super::{REDIS_IMAGE_REPOSITORY, etcd_image, seaweedfs_image};
 
 /// The static files every image with a shell gets.
 const PASSWD: &str = include_str!("../../../../images/base/passwd");
@@ -186,10 +186,19 @@ pub(crate) fn coredns(version: &str, binary: &Path) -> ImageSpec {
     }
 }
 
+/// Where Debian (the host, and the bosun image) keeps its CA bundle.
+const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// The bosun operator: the `bosun` binary at `/usr/local/bin/bosun`, the
 /// shared libraries and loader it links, busybox for debugging, run as
-/// nonroot.
-pub(crate) fn bosun(binary: &Path, busybox: &Busybox) -> Result<ImageSpec, ImageError> {
+/// nonroot; and etcd's `etcdutl` of each shipped minor version as
+/// `/usr/local/bin/etcdutl-<major>.<minor>`, which `bosun restore-member`
+/// runs to restore a snapshot with the cluster's own etcd release.
+pub(crate) fn bosun(
+    binary: &Path,
+    busybox: &Busybox,
+    etcdutls: &[(String, std::path::PathBuf)],
+) -> Result<ImageSpec, ImageError> {
     if !binary.is_file() {
         return Err(ImageError::MissingInput {
             what: "the bosun binary (build it with `cargo build -p bosun`)".to_string(),
@@ -198,6 +207,20 @@ pub(crate) fn bosun(binary: &Path, busybox: &Busybox) -> Result<ImageSpec, Image
     }
     let mut entries = base_entries(busybox);
     entries.push(Entry::file(binary, "/usr/local/bin/bosun", 0o755));
+    // The CA bundle: object storage over HTTPS (and any TLS client in the
+    // operator) verifies servers against it; without one, reqwest's
+    // platform verifier refuses to build a client at all.
+    let ca_bundle = Path::new(HOST_CA_BUNDLE);
+    if ca_bundle.is_file() {
+        entries.push(Entry::file(ca_bundle, HOST_CA_BUNDLE, 0o644));
+    }
+    for (minor, etcdutl) in etcdutls {
+        entries.push(Entry::file(
+            etcdutl,
+            format!("/usr/local/bin/etcdutl-{minor}"),
+            0o755,
+        ));
+    }
     entries.extend(library_entries(&[binary.to_path_buf()], &[])?);
     Ok(ImageSpec {
         name: BOSUN_IMAGE.to_string(),
@@ -275,6 +298,29 @@ pub(crate) fn redis(packages: &PackageCache, busybox: &Busybox) -> Result<ImageS
         entries,
         compression: LAYER_COMPRESSION,
     })
+}
+
+/// SeaweedFS's static `weed` at `/usr/bin/weed` (where upstream's image has
+/// it) as entrypoint, busybox for a shell, `/data` for its files, run as
+/// nonroot.
+pub(crate) fn seaweedfs(version: &str, weed: &Path, busybox: &Busybox) -> ImageSpec {
+    let mut entries = base_entries(busybox);
+    entries.extend([
+        Entry::file(weed, "/usr/bin/weed", 0o755),
+        Entry::dir("/data", 0o755).owned_by(NONROOT, NONROOT),
+    ]);
+    ImageSpec {
+        name: seaweedfs_image(version),
+        config: ImageConfig {
+            entrypoint: strings(&["/usr/bin/weed"]),
+            working_dir: "/data".to_string(),
+            user: format!("{NONROOT}:{NONROOT}"),
+            labels: labels(version),
+            ..ImageConfig::default()
+        },
+        entries,
+        compression: LAYER_COMPRESSION,
+    }
 }
 
 fn find_package<'a>(packages: &'a [Package], name: &str) -> Result<&'a Package, ImageError> {

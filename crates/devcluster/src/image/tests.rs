@@ -379,9 +379,11 @@ fn image_names() {
         BOSUN_IMAGE,
         &etcd_image("3.5.35"),
         &coredns_image("v1.15.0"),
+        &seaweedfs_image("4.48"),
     ] {
         assert!(archive::image_tag(name).is_ok(), "{name}");
     }
+    assert_eq!(seaweedfs_image("4.48"), "bosun.dev/seaweedfs:4.48");
     assert_eq!(
         safe_file_name("gcr.io/etcd-development/etcd:v3.6.16"),
         "gcr.io_etcd-development_etcd_v3.6.16"
@@ -467,6 +469,36 @@ fn pause_image_sleeps_with_busybox_alone() {
     assert_eq!(
         back.config["config"]["Entrypoint"],
         serde_json::json!(["/bin/busybox", "sleep", "infinity"])
+    );
+}
+
+#[test]
+fn seaweedfs_image_runs_weed_as_nonroot_with_a_data_directory() {
+    let busybox = recipe::Busybox {
+        binary: PathBuf::from("/bin/busybox"),
+        applets: vec!["/bin/sh".to_string()],
+    };
+    let spec = recipe::seaweedfs("4.48", Path::new("/tools/seaweedfs/weed"), &busybox);
+    assert_eq!(spec.name, "bosun.dev/seaweedfs:4.48");
+    assert_eq!(spec.config.entrypoint, ["/usr/bin/weed"]);
+    assert_eq!(spec.config.user, "65532:65532");
+    let entry = |path: &str| {
+        spec.entries
+            .iter()
+            .find(|e| e.path == path)
+            .unwrap_or_else(|| panic!("{path} is in the image"))
+    };
+    assert_eq!(
+        entry("/usr/bin/weed").kind,
+        EntryKind::File(PathBuf::from("/tools/seaweedfs/weed"))
+    );
+    assert_eq!(entry("/usr/bin/weed").mode, 0o755);
+    let data = entry("/data");
+    assert_eq!((data.uid, data.gid), (recipe::NONROOT, recipe::NONROOT));
+    // The pod's command is a shell line (it clears SeaweedFS's saved options).
+    assert_eq!(
+        entry("/bin/sh").kind,
+        EntryKind::Symlink("/bin/busybox".into())
     );
 }
 
