@@ -1,6 +1,7 @@
 //! What a fresh dev cluster gets installed into it through the API: cluster
-//! DNS (CoreDNS), the default StorageClass, and bosun's CRDs. Everything is
-//! applied with server-side apply, so a restart re-applies without conflict.
+//! DNS (CoreDNS), the default StorageClass, and bosun's CRDs (the object
+//! store, which needs more than manifests, is `s3`). Everything is applied
+//! with server-side apply, so a restart re-applies without conflict.
 
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;

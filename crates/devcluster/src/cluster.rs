@@ -1,8 +1,9 @@
 //! `bosun dev up` from start to teardown: check the machine, clear what a
 //! crashed run left, prepare the host network, make certificates and
 //! configuration, start the components in order (waiting for each one that
-//! the next needs), install the add-ons, wait until the cluster is usable,
-//! report `ready`, and on shutdown take everything down again.
+//! the next needs), install the add-ons (the object store while the rest of
+//! the cluster settles), wait until the cluster is usable, report `ready`,
+//! and on shutdown take everything down again.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use crate::pki::Pki;
 use crate::readiness::{self, wait_until};
 use crate::supervisor::{self, StatusTable, Supervised};
 use crate::tools::Tools;
-use crate::{addons, image, storage, teardown};
+use crate::{addons, image, s3, storage, teardown};
 
 /// The etcd version that stores the cluster's own objects.
 pub const CLUSTER_ETCD_VERSION: &str = "3.6.16";
@@ -96,6 +97,9 @@ pub enum DevError {
     /// Add-ons.
     #[error(transparent)]
     Addon(#[from] addons::AddonError),
+    /// The object store.
+    #[error(transparent)]
+    ObjectStore(#[from] s3::ObjectStoreError),
     /// A wait ran out.
     #[error("{0}; see the logs in {1}")]
     Wait(readiness::Timeout, PathBuf),
@@ -476,7 +480,7 @@ async fn start_components(
     .await
     .map_err(wait_error)?;
 
-    tracing::info!("add-ons: storage, DNS, bosun CRDs");
+    tracing::info!("add-ons: storage, DNS, bosun CRDs, object store");
     addons::apply_resource(&client, &storage::storage_class()).await?;
     let token = CancellationToken::new();
     let task = tokio::spawn({
@@ -510,33 +514,43 @@ async fn start_components(
         addons::apply_resource(&client, &crd).await?;
     }
 
-    wait_until(
-        "the default ServiceAccount",
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || {
-            let client = client.clone();
-            async move { readiness::default_service_account(&client).await }
-        },
-    )
-    .await
-    .map_err(wait_error)?;
-    let dns = files.network.dns_service_ip;
-    wait_until(
-        "cluster DNS to answer kubernetes.default.svc.cluster.local",
-        Duration::from_secs(90),
-        Duration::from_millis(250),
-        || async move {
-            readiness::dns_lookup(
-                dns,
-                "kubernetes.default.svc.cluster.local",
-                Duration::from_millis(500),
-            )
+    // The object store's pod starts while the cluster settles, so that it
+    // adds its image import and start to `up` only where they take longer.
+    let object_store = async {
+        s3::ensure(&client, &running.tools, layout)
             .await
-            .map(|addrs| !addrs.is_empty())
-        },
-    )
-    .await
-    .map_err(wait_error)?;
+            .map_err(DevError::from)
+    };
+    let settled = async {
+        wait_until(
+            "the default ServiceAccount",
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            || {
+                let client = client.clone();
+                async move { readiness::default_service_account(&client).await }
+            },
+        )
+        .await
+        .map_err(wait_error)?;
+        let dns = files.network.dns_service_ip;
+        wait_until(
+            "cluster DNS to answer kubernetes.default.svc.cluster.local",
+            Duration::from_secs(90),
+            Duration::from_millis(250),
+            || async move {
+                readiness::dns_lookup(
+                    dns,
+                    "kubernetes.default.svc.cluster.local",
+                    Duration::from_millis(500),
+                )
+                .await
+                .map(|addrs| !addrs.is_empty())
+            },
+        )
+        .await
+        .map_err(wait_error)
+    };
+    tokio::try_join!(settled, object_store)?;
     Ok(())
 }

@@ -90,6 +90,31 @@ impl TestCluster {
         }
     }
 
+    /// The state directory of the cluster: `BOSUN_DEV_STATE_DIR` if set,
+    /// else the kubeconfig's directory when it is one (`up` writes the admin
+    /// kubeconfig there), else the default.
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(dir) = std::env::var_os("BOSUN_DEV_STATE_DIR") {
+            return PathBuf::from(dir);
+        }
+        match self.kubeconfig.parent() {
+            Some(dir) if dir.join("data").join("STATE").is_file() => dir.to_path_buf(),
+            _ => crate::layout::Layout::default_root(),
+        }
+    }
+
+    /// The cluster's S3 object store, made ready first if it is not (so
+    /// that tests also run on a cluster started before it existed).
+    ///
+    /// # Panics
+    /// When it cannot be made ready.
+    pub async fn object_store(&self) -> crate::s3::ObjectStore {
+        let layout = crate::layout::Layout::new(self.state_dir());
+        crate::s3::ensure(&self.client, &self.tools, &layout)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Runs the cluster's own kubectl with the admin kubeconfig.
     pub fn kubectl(&self, args: &[&str]) -> Output {
         let kubectl = self.tools.bin("kubectl").expect("kubectl is built");

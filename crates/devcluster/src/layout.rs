@@ -62,6 +62,11 @@ impl Layout {
         self.data().join("volumes")
     }
 
+    /// The object store's S3 credentials (made once, kept with the data).
+    pub fn s3_credentials(&self) -> PathBuf {
+        self.data().join("s3-credentials.json")
+    }
+
     /// Locally built image archives (OCI layout tarballs) and their stamps.
     pub fn images(&self) -> PathBuf {
         self.root.join("images")

@@ -2,7 +2,8 @@
 //! upstream components (kube-apiserver, controller-manager, scheduler,
 //! kubelet, kube-proxy, CoreDNS, containerd, runc, CNI) that it supervises as
 //! host processes, with the certificates, kubeconfigs and locally built
-//! images they need; and the test fixture other crates' tests use to reach it.
+//! images they need, and an S3 object store (SeaweedFS) in it; and the test
+//! fixture other crates' tests use to reach it.
 
 pub mod addons;
 pub mod cluster;
@@ -14,6 +15,7 @@ pub mod layout;
 pub mod network;
 pub mod pki;
 pub mod readiness;
+pub mod s3;
 pub mod storage;
 pub mod supervisor;
 pub mod teardown;
