@@ -7,6 +7,7 @@ mod backup;
 mod client;
 mod crds;
 mod dev;
+mod install;
 mod leader_elector;
 mod operator;
 mod restore_member;
@@ -48,6 +49,14 @@ enum Command {
     LeaderElector(leader_elector::LeaderElectorArgs),
     /// Restore a seed member's data from a snapshot (the init container of a restore).
     RestoreMember(restore_member::RestoreMemberArgs),
+    /// Install the operator into a cluster: CRDs, RBAC and its Deployment.
+    ///
+    /// Applies deploy/ (built into this binary) with server-side apply,
+    /// waits for the CRDs and the rollout; --dry-run only has the API
+    /// server check it.
+    Install(install::InstallArgs),
+    /// Remove what `bosun install` installed, the CRDs too unless --keep-crds.
+    Uninstall(install::UninstallArgs),
     /// An EtcdCluster's backups: list them, or take one now.
     #[command(subcommand)]
     Backup(backup::BackupCommand),
@@ -72,6 +81,8 @@ fn main() -> ExitCode {
         Command::Operator(args) => operator::run(args),
         Command::LeaderElector(args) => leader_elector::run(args),
         Command::RestoreMember(args) => restore_member::run(args),
+        Command::Install(args) => install::install(args),
+        Command::Uninstall(args) => install::uninstall(args),
         Command::Backup(command) => backup::run(command),
     };
     match result {

@@ -1,0 +1,752 @@
+//! `bosun install` and `bosun uninstall`: put the operator into a cluster,
+//! or take it out, as kubebuilder's `make deploy` and `make undeploy` do.
+//!
+//! The manifests are `deploy/` itself, compiled into the binary, so that
+//! the binary installs exactly what the repository tests. `install` applies
+//! them with server-side apply in dependency order: the namespace, the CRDs
+//! (and waits until the API server serves them), RBAC, then the metrics
+//! Service and the Deployment (and waits for its rollout). `--dry-run` asks
+//! the API server to check every object without storing any. `uninstall`
+//! deletes in the reverse order, the Deployment first so that no operator
+//! acts while its permissions go.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{EnvVar, Namespace, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{
+    Api, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+    PropagationPolicy, ValidationDirective,
+};
+use kube::discovery::Scope;
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, ResourceExt};
+
+/// The field manager of every object `bosun install` applies.
+pub const FIELD_MANAGER: &str = "bosun-install";
+
+/// The namespace the operator runs in.
+pub const NAMESPACE: &str = "bosun-system";
+
+/// The operator's Deployment, and the container in it that runs `bosun`.
+const DEPLOYMENT: &str = "bosun-operator";
+const CONTAINER: &str = "operator";
+
+/// The label every pod of the operator carries.
+const APP_LABEL: (&str, &str) = ("app.kubernetes.io/name", "bosun-operator");
+
+/// The environment variable that names the image of restore init
+/// containers; the operator's own image.
+const IMAGE_ENV: &str = "BOSUN_IMAGE";
+
+/// How long the API server may take to serve new CRDs.
+const CRD_DEADLINE: Duration = Duration::from_secs(60);
+/// How long the operator's pods may take to become ready, image pull included.
+const ROLLOUT_DEADLINE: Duration = Duration::from_secs(180);
+/// How long the operator's pods may take to stop (their grace period is 30 s).
+const DELETE_DEADLINE: Duration = Duration::from_secs(90);
+
+/// The files of `deploy/`, by their path in the repository.
+const EMBEDDED: &[(&str, &str)] = &[
+    (
+        "deploy/crds/etcdbackups.etcd.bosun.dev.yaml",
+        include_str!("../../../deploy/crds/etcdbackups.etcd.bosun.dev.yaml"),
+    ),
+    (
+        "deploy/crds/etcdclusters.etcd.bosun.dev.yaml",
+        include_str!("../../../deploy/crds/etcdclusters.etcd.bosun.dev.yaml"),
+    ),
+    (
+        "deploy/crds/etcdrestores.etcd.bosun.dev.yaml",
+        include_str!("../../../deploy/crds/etcdrestores.etcd.bosun.dev.yaml"),
+    ),
+    (
+        "deploy/operator/namespace.yaml",
+        include_str!("../../../deploy/operator/namespace.yaml"),
+    ),
+    (
+        "deploy/operator/service-account.yaml",
+        include_str!("../../../deploy/operator/service-account.yaml"),
+    ),
+    (
+        "deploy/operator/cluster-role.yaml",
+        include_str!("../../../deploy/operator/cluster-role.yaml"),
+    ),
+    (
+        "deploy/operator/cluster-role-binding.yaml",
+        include_str!("../../../deploy/operator/cluster-role-binding.yaml"),
+    ),
+    (
+        "deploy/operator/leader-election-role.yaml",
+        include_str!("../../../deploy/operator/leader-election-role.yaml"),
+    ),
+    (
+        "deploy/operator/leader-election-role-binding.yaml",
+        include_str!("../../../deploy/operator/leader-election-role-binding.yaml"),
+    ),
+    (
+        "deploy/operator/metrics-service.yaml",
+        include_str!("../../../deploy/operator/metrics-service.yaml"),
+    ),
+    (
+        "deploy/operator/deployment.yaml",
+        include_str!("../../../deploy/operator/deployment.yaml"),
+    ),
+];
+
+/// Options of `bosun install`.
+#[derive(Args, Debug)]
+pub struct InstallArgs {
+    /// Kubeconfig to use; default: $KUBECONFIG, ~/.kube/config, or the in-cluster config.
+    #[arg(long, value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
+    /// The operator's image (also the image of restore init containers)
+    /// [default: the one in deploy/operator/deployment.yaml].
+    #[arg(long, value_name = "IMAGE", value_parser = non_empty)]
+    image: Option<String>,
+    /// How many replicas of the operator run; one leads at a time [default: 2].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..))]
+    replicas: Option<i32>,
+    /// Have the API server check every object (server-side dry run) and store none.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Options of `bosun uninstall`.
+#[derive(Args, Debug)]
+pub struct UninstallArgs {
+    /// Kubeconfig to use; default: $KUBECONFIG, ~/.kube/config, or the in-cluster config.
+    #[arg(long, value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
+    /// Leave the CRDs, and so every EtcdCluster, EtcdBackup and EtcdRestore, in place.
+    #[arg(long)]
+    keep_crds: bool,
+    /// Have the API server check every deletion (server-side dry run) and carry out none.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn non_empty(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(text.to_string())
+}
+
+/// One object of `deploy/`.
+#[derive(Clone, Debug)]
+struct Manifest {
+    /// The file it comes from, for messages.
+    source: &'static str,
+    gvk: GroupVersionKind,
+    object: DynamicObject,
+}
+
+impl Manifest {
+    fn kind(&self) -> &str {
+        &self.gvk.kind
+    }
+
+    fn name(&self) -> String {
+        self.object.name_any()
+    }
+
+    /// `kind name` or `kind namespace/name`, as progress shows it.
+    fn describe(&self) -> String {
+        match self.object.namespace() {
+            Some(ns) => format!("{} {ns}/{}", self.kind(), self.name()),
+            None => format!("{} {}", self.kind(), self.name()),
+        }
+    }
+}
+
+/// Where a kind goes in the install order: what others need comes first
+/// (the namespace holds the rest; a binding names its role and account;
+/// the operator needs all of it). Kinds not listed are refused, so that a
+/// new file in `deploy/` gets a place on purpose.
+fn stage(kind: &str) -> Option<u8> {
+    Some(match kind {
+        "Namespace" => 0,
+        "CustomResourceDefinition" => 1,
+        "ServiceAccount" => 2,
+        "ClusterRole" => 3,
+        "ClusterRoleBinding" => 4,
+        "Role" => 5,
+        "RoleBinding" => 6,
+        "Service" => 7,
+        "Deployment" => 8,
+        _ => return None,
+    })
+}
+
+/// The objects of one YAML file (several documents, empty ones skipped).
+fn parse(source: &'static str, text: &str) -> anyhow::Result<Vec<Manifest>> {
+    let mut manifests = vec![];
+    for document in serde_yaml_ng::Deserializer::from_str(text) {
+        let value: serde_json::Value = serde::Deserialize::deserialize(document)
+            .with_context(|| format!("{source}: not YAML"))?;
+        if value.is_null() {
+            continue;
+        }
+        let object: DynamicObject = serde_json::from_value(value)
+            .with_context(|| format!("{source}: not a Kubernetes object"))?;
+        let types = object
+            .types
+            .as_ref()
+            .with_context(|| format!("{source}: an object without apiVersion and kind"))?;
+        let gvk = GroupVersionKind::try_from(types)
+            .with_context(|| format!("{source}: apiVersion {:?}", types.api_version))?;
+        if object
+            .metadata
+            .name
+            .as_deref()
+            .unwrap_or_default()
+            .is_empty()
+        {
+            bail!("{source}: a {} without a name", gvk.kind);
+        }
+        if stage(&gvk.kind).is_none() {
+            bail!(
+                "{source}: bosun install does not know where a {} goes",
+                gvk.kind
+            );
+        }
+        manifests.push(Manifest {
+            source,
+            gvk,
+            object,
+        });
+    }
+    Ok(manifests)
+}
+
+/// Every object of `deploy/`, in install order.
+fn embedded() -> anyhow::Result<Vec<Manifest>> {
+    let mut manifests = vec![];
+    for (source, text) in EMBEDDED {
+        manifests.extend(parse(source, text)?);
+    }
+    // A stable sort: within a stage, the order of EMBEDDED.
+    manifests.sort_by_key(|m| stage(m.kind()));
+    Ok(manifests)
+}
+
+/// What `--image` and `--replicas` change.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Overrides {
+    image: Option<String>,
+    replicas: Option<i32>,
+}
+
+/// The objects to apply, in order, with the overrides made.
+fn install_plan(overrides: &Overrides) -> anyhow::Result<Vec<Manifest>> {
+    let mut manifests = embedded()?;
+    let deployment = manifests
+        .iter_mut()
+        .find(|m| m.kind() == "Deployment" && m.name() == DEPLOYMENT)
+        .context("deploy/operator has no operator Deployment")?;
+    override_deployment(deployment, overrides)?;
+    Ok(manifests)
+}
+
+/// The objects to delete, in order: the reverse of the install, without
+/// the CRDs when they are kept.
+fn uninstall_plan(keep_crds: bool) -> anyhow::Result<Vec<Manifest>> {
+    let mut manifests = embedded()?;
+    manifests.reverse();
+    manifests.retain(|m| !(keep_crds && m.kind() == "CustomResourceDefinition"));
+    Ok(manifests)
+}
+
+/// Sets the operator container's image and `BOSUN_IMAGE` (the two always
+/// name the same image), and the replicas.
+fn override_deployment(manifest: &mut Manifest, overrides: &Overrides) -> anyhow::Result<()> {
+    let mut deployment: Deployment =
+        serde_json::from_value(serde_json::to_value(&manifest.object)?)
+            .with_context(|| format!("{}: not a Deployment", manifest.source))?;
+    let spec = deployment
+        .spec
+        .as_mut()
+        .with_context(|| format!("{}: a Deployment without spec", manifest.source))?;
+    if let Some(replicas) = overrides.replicas {
+        spec.replicas = Some(replicas);
+    }
+    let container = spec
+        .template
+        .spec
+        .as_mut()
+        .and_then(|pod| pod.containers.iter_mut().find(|c| c.name == CONTAINER))
+        .with_context(|| format!("{}: no container {CONTAINER}", manifest.source))?;
+    let image = match &overrides.image {
+        Some(image) => image.clone(),
+        None => container
+            .image
+            .clone()
+            .with_context(|| format!("{}: container {CONTAINER} has no image", manifest.source))?,
+    };
+    container.image = Some(image.clone());
+    let env = container.env.get_or_insert_with(Vec::new);
+    env.retain(|e| e.name != IMAGE_ENV);
+    env.push(EnvVar {
+        name: IMAGE_ENV.into(),
+        value: Some(image),
+        value_from: None,
+    });
+    manifest.object = serde_json::from_value(serde_json::to_value(&deployment)?)?;
+    Ok(())
+}
+
+/// The image and replicas a Deployment manifest asks for, as progress shows them.
+fn deployment_summary(manifest: &Manifest) -> Option<(String, i32)> {
+    let deployment: Deployment =
+        serde_json::from_value(serde_json::to_value(&manifest.object).ok()?).ok()?;
+    let spec = deployment.spec?;
+    let image = spec
+        .template
+        .spec?
+        .containers
+        .into_iter()
+        .find(|c| c.name == CONTAINER)?
+        .image?;
+    Some((image, spec.replicas.unwrap_or(1)))
+}
+
+/// Whether the Deployment's current spec runs on every replica and every
+/// replica is available (a standby counts: its readiness does not wait
+/// for leadership).
+fn rolled_out(deployment: &Deployment) -> bool {
+    let wanted = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    let Some(status) = &deployment.status else {
+        return false;
+    };
+    status.observed_generation >= deployment.metadata.generation
+        && status.updated_replicas.unwrap_or(0) == wanted
+        && status.replicas.unwrap_or(0) == wanted
+        && status.available_replicas.unwrap_or(0) == wanted
+}
+
+/// The API of one manifest's kind, namespaced or not as the server says.
+async fn api_for(client: &Client, manifest: &Manifest) -> anyhow::Result<Api<DynamicObject>> {
+    let (resource, capabilities) = kube::discovery::pinned_kind(client, &manifest.gvk)
+        .await
+        .with_context(|| format!("finding {} in the API server", manifest.kind()))?;
+    Ok(match capabilities.scope {
+        Scope::Cluster => Api::all_with(client.clone(), &resource),
+        Scope::Namespaced => {
+            let namespace = manifest.object.namespace().with_context(|| {
+                format!("{}: {} has no namespace", manifest.source, manifest.kind())
+            })?;
+            Api::namespaced_with(client.clone(), &namespace, &resource)
+        }
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Runs `bosun install`.
+pub fn install(args: InstallArgs) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        image: args.image,
+        replicas: args.replicas,
+    };
+    let plan = install_plan(&overrides)?;
+    runtime()?.block_on(async move {
+        let client = crate::client::client(args.kubeconfig.as_deref()).await?;
+        apply_all(&client, &plan, args.dry_run).await
+    })
+}
+
+async fn apply_all(client: &Client, plan: &[Manifest], dry_run: bool) -> anyhow::Result<()> {
+    let suffix = if dry_run { " (server dry run)" } else { "" };
+    let mut params = PatchParams::apply(FIELD_MANAGER).force();
+    params.dry_run = dry_run;
+    params.field_validation = Some(ValidationDirective::Strict);
+    // A dry run creates no namespace, so the server cannot check objects
+    // in one that does not exist yet.
+    let namespace_exists = Api::<Namespace>::all(client.clone())
+        .get_opt(NAMESPACE)
+        .await
+        .context("reading the operator's namespace")?
+        .is_some();
+    println!("installing the bosun operator into namespace {NAMESPACE}{suffix}");
+
+    let mut crds = vec![];
+    for (index, manifest) in plan.iter().enumerate() {
+        if dry_run && !namespace_exists && manifest.object.namespace().is_some() {
+            println!(
+                "  {}: not checked, namespace {NAMESPACE} does not exist yet",
+                manifest.describe()
+            );
+            continue;
+        }
+        let api = api_for(client, manifest).await?;
+        api.patch(&manifest.name(), &params, &Patch::Apply(&manifest.object))
+            .await
+            .with_context(|| format!("applying {} ({})", manifest.describe(), manifest.source))?;
+        match deployment_summary(manifest).filter(|_| manifest.kind() == "Deployment") {
+            Some((image, replicas)) => println!(
+                "  {}: applied (image {image}, {replicas} replicas){suffix}",
+                manifest.describe()
+            ),
+            None => println!("  {}: applied{suffix}", manifest.describe()),
+        }
+        if manifest.kind() == "CustomResourceDefinition" {
+            crds.push(manifest.name());
+        }
+        let next_is_crd = plan
+            .get(index + 1)
+            .is_some_and(|m| m.kind() == "CustomResourceDefinition");
+        if !crds.is_empty() && !next_is_crd && !dry_run {
+            wait_for_crds(client, &crds).await?;
+            crds.clear();
+        }
+    }
+    if dry_run {
+        println!("dry run: the API server accepted every object and stored none");
+        return Ok(());
+    }
+    wait_for_rollout(client).await?;
+    println!("the bosun operator runs in namespace {NAMESPACE}");
+    Ok(())
+}
+
+/// Waits until the API server serves every CRD in `names`.
+async fn wait_for_crds(client: &Client, names: &[String]) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in names {
+        tokio::time::timeout(
+            CRD_DEADLINE,
+            await_condition(api.clone(), name, conditions::is_crd_established()),
+        )
+        .await
+        .with_context(|| format!("CRD {name} not Established within {CRD_DEADLINE:?}"))?
+        .with_context(|| format!("watching CRD {name}"))?;
+    }
+    println!("  CRDs Established");
+    Ok(())
+}
+
+/// Waits until every replica of the operator runs the applied spec and is ready.
+async fn wait_for_rollout(client: &Client) -> anyhow::Result<()> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    println!("  waiting for Deployment {NAMESPACE}/{DEPLOYMENT} to roll out");
+    let done = |d: Option<&Deployment>| d.is_some_and(rolled_out);
+    tokio::time::timeout(ROLLOUT_DEADLINE, await_condition(api, DEPLOYMENT, done))
+        .await
+        .with_context(|| {
+            format!(
+                "Deployment {NAMESPACE}/{DEPLOYMENT} did not roll out within {ROLLOUT_DEADLINE:?}; \
+                 `kubectl -n {NAMESPACE} describe pods -l {}={}` says why",
+                APP_LABEL.0, APP_LABEL.1
+            )
+        })?
+        .context("watching the operator's Deployment")?;
+    Ok(())
+}
+
+/// Runs `bosun uninstall`.
+pub fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
+    let plan = uninstall_plan(args.keep_crds)?;
+    runtime()?.block_on(async move {
+        let client = crate::client::client(args.kubeconfig.as_deref()).await?;
+        delete_all(&client, &plan, args.keep_crds, args.dry_run).await
+    })
+}
+
+async fn delete_all(
+    client: &Client,
+    plan: &[Manifest],
+    keep_crds: bool,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let suffix = if dry_run { " (server dry run)" } else { "" };
+    println!("uninstalling the bosun operator from namespace {NAMESPACE}{suffix}");
+    if keep_crds {
+        println!("  keeping the CRDs and every EtcdCluster, EtcdBackup and EtcdRestore");
+    } else {
+        eprintln!(
+            "warning: deleting the CRDs deletes every EtcdCluster, EtcdBackup and EtcdRestore \
+             in the cluster, and with them the etcd members' pods and volumes \
+             (--keep-crds keeps them)"
+        );
+    }
+    for manifest in plan {
+        if manifest.kind() == "Namespace"
+            && let Some(reason) = foreign_pods(client).await?
+        {
+            println!("  {}: kept, {reason}", manifest.describe());
+            continue;
+        }
+        let api = api_for(client, manifest).await?;
+        let params = DeleteParams {
+            dry_run,
+            // The Deployment goes with its pods, so that no operator runs
+            // once its permissions are gone.
+            propagation_policy: Some(if manifest.kind() == "Deployment" {
+                PropagationPolicy::Foreground
+            } else {
+                PropagationPolicy::Background
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&manifest.name(), &params).await {
+            Ok(_) => println!("  {}: deleted{suffix}", manifest.describe()),
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                println!("  {}: not there", manifest.describe());
+                continue;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("deleting {}", manifest.describe()));
+            }
+        }
+        if manifest.kind() == "Deployment" && !dry_run {
+            wait_until_gone(&api, &manifest.name()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Why the namespace must stay: pods in it that are not the operator's
+/// (another program installed there, as the dev cluster's object store).
+async fn foreign_pods(client: &Client) -> anyhow::Result<Option<String>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let selector = format!("{}!={}", APP_LABEL.0, APP_LABEL.1);
+    let others = pods
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await
+        .context("listing the pods of the operator's namespace")?;
+    if others.items.is_empty() {
+        return Ok(None);
+    }
+    let names: Vec<String> = others.items.iter().map(|p| p.name_any()).collect();
+    Ok(Some(format!(
+        "it holds pods bosun did not install: {}",
+        names.join(", ")
+    )))
+}
+
+/// Waits until the operator's Deployment, and so its pods, are gone.
+async fn wait_until_gone(api: &Api<DynamicObject>, name: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + DELETE_DEADLINE;
+    while api.get_opt(name).await?.is_some() {
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the operator's Deployment {name} is still there after {DELETE_DEADLINE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(plan: &[Manifest]) -> Vec<&str> {
+        plan.iter().map(Manifest::kind).collect()
+    }
+
+    #[test]
+    fn every_file_of_deploy_is_embedded() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut on_disk = vec![];
+        for dir in ["deploy/crds", "deploy/operator"] {
+            for entry in std::fs::read_dir(root.join(dir)).expect("deploy/ is there") {
+                let name = entry.expect("a directory entry").file_name();
+                on_disk.push(format!("{dir}/{}", name.to_string_lossy()));
+            }
+        }
+        on_disk.sort();
+        let mut embedded: Vec<String> = EMBEDDED.iter().map(|(p, _)| p.to_string()).collect();
+        embedded.sort();
+        assert_eq!(embedded, on_disk);
+    }
+
+    #[test]
+    fn install_order_puts_what_others_need_first() {
+        let plan = install_plan(&Overrides::default()).expect("the manifests parse");
+        assert_eq!(
+            kinds(&plan),
+            [
+                "Namespace",
+                "CustomResourceDefinition",
+                "CustomResourceDefinition",
+                "CustomResourceDefinition",
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Role",
+                "RoleBinding",
+                "Service",
+                "Deployment",
+            ]
+        );
+        let crds: Vec<String> = plan
+            .iter()
+            .filter(|m| m.kind() == "CustomResourceDefinition")
+            .map(Manifest::name)
+            .collect();
+        assert_eq!(
+            crds,
+            [
+                "etcdbackups.etcd.bosun.dev",
+                "etcdclusters.etcd.bosun.dev",
+                "etcdrestores.etcd.bosun.dev"
+            ]
+        );
+    }
+
+    #[test]
+    fn namespaced_objects_live_in_the_operators_namespace() {
+        for manifest in embedded().expect("the manifests parse") {
+            let cluster_scoped = matches!(
+                manifest.kind(),
+                "Namespace" | "CustomResourceDefinition" | "ClusterRole" | "ClusterRoleBinding"
+            );
+            let expected = (!cluster_scoped).then(|| NAMESPACE.to_string());
+            assert_eq!(
+                manifest.object.namespace(),
+                expected,
+                "{}",
+                manifest.describe()
+            );
+        }
+    }
+
+    #[test]
+    fn uninstall_reverses_the_install_and_can_keep_the_crds() {
+        let mut install = kinds(&install_plan(&Overrides::default()).expect("plan"))
+            .into_iter()
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        install.reverse();
+        let all = uninstall_plan(false).expect("plan");
+        assert_eq!(kinds(&all), install);
+        assert_eq!(all.first().map(Manifest::kind), Some("Deployment"));
+        assert_eq!(all.last().map(Manifest::kind), Some("Namespace"));
+
+        let kept = uninstall_plan(true).expect("plan");
+        assert!(!kinds(&kept).contains(&"CustomResourceDefinition"));
+        assert_eq!(kept.len(), all.len() - 3);
+    }
+
+    fn operator(plan: &[Manifest]) -> Deployment {
+        let manifest = plan
+            .iter()
+            .find(|m| m.kind() == "Deployment")
+            .expect("a Deployment");
+        serde_json::from_value(serde_json::to_value(&manifest.object).expect("serialises"))
+            .expect("a Deployment")
+    }
+
+    fn image_and_env(deployment: &Deployment) -> (String, Vec<String>) {
+        let container = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.containers.iter().find(|c| c.name == CONTAINER))
+            .expect("the operator container");
+        let env = container
+            .env
+            .iter()
+            .flatten()
+            .filter(|e| e.name == IMAGE_ENV)
+            .filter_map(|e| e.value.clone())
+            .collect();
+        (container.image.clone().unwrap_or_default(), env)
+    }
+
+    #[test]
+    fn by_default_the_operator_and_its_restores_use_the_dev_image() {
+        let deployment = operator(&install_plan(&Overrides::default()).expect("plan"));
+        let (image, env) = image_and_env(&deployment);
+        assert_eq!(image, "bosun.dev/bosun:dev");
+        assert_eq!(env, [image]);
+        assert_eq!(deployment.spec.and_then(|s| s.replicas), Some(2));
+    }
+
+    #[test]
+    fn image_override_changes_the_container_and_bosun_image_together() {
+        let overrides = Overrides {
+            image: Some("bosun.dev/bosun:v1.2.3".into()),
+            replicas: Some(3),
+        };
+        let plan = install_plan(&overrides).expect("plan");
+        let deployment = operator(&plan);
+        let (image, env) = image_and_env(&deployment);
+        assert_eq!(image, "bosun.dev/bosun:v1.2.3");
+        assert_eq!(env, ["bosun.dev/bosun:v1.2.3"]);
+        assert_eq!(deployment.spec.as_ref().and_then(|s| s.replicas), Some(3));
+        // The rest of the Deployment is untouched.
+        let untouched = operator(&install_plan(&Overrides::default()).expect("plan"));
+        let pod = |d: &Deployment| {
+            let mut pod = d.spec.clone().expect("spec").template;
+            for c in pod.spec.as_mut().expect("pod spec").containers.iter_mut() {
+                c.image = None;
+                c.env = None;
+            }
+            pod
+        };
+        assert_eq!(pod(&deployment), pod(&untouched));
+        let manifest = plan
+            .iter()
+            .find(|m| m.kind() == "Deployment")
+            .expect("a Deployment");
+        assert_eq!(
+            deployment_summary(manifest),
+            Some(("bosun.dev/bosun:v1.2.3".to_string(), 3))
+        );
+    }
+
+    #[test]
+    fn unknown_kinds_and_nameless_objects_are_refused() {
+        let error = parse(
+            "x.yaml",
+            "apiVersion: batch/v1\nkind: Job\nmetadata: {name: j}\n",
+        )
+        .expect_err("a Job has no place");
+        assert!(error.to_string().contains("Job"), "{error}");
+        let error =
+            parse("x.yaml", "apiVersion: v1\nkind: Service\nmetadata: {}\n").expect_err("no name");
+        assert!(error.to_string().contains("without a name"), "{error}");
+        let two = parse(
+            "x.yaml",
+            "---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: a}\n---\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: b}\n",
+        )
+        .expect("two documents and an empty one");
+        assert_eq!(two.len(), 2);
+    }
+
+    #[test]
+    fn a_rollout_is_done_when_every_replica_runs_the_new_spec_and_is_available() {
+        let deployment = |generation: i64, observed: i64, updated: i32, available: i32| {
+            serde_json::from_value::<Deployment>(serde_json::json!({
+                "metadata": {"generation": generation},
+                "spec": {"replicas": 2, "selector": {}, "template": {}},
+                "status": {
+                    "observedGeneration": observed,
+                    "replicas": 2,
+                    "updatedReplicas": updated,
+                    "availableReplicas": available,
+                },
+            }))
+            .expect("a Deployment")
+        };
+        assert!(rolled_out(&deployment(2, 2, 2, 2)));
+        assert!(!rolled_out(&deployment(3, 2, 2, 2)), "spec not yet seen");
+        assert!(!rolled_out(&deployment(2, 2, 1, 2)), "an old replica left");
+        assert!(!rolled_out(&deployment(2, 2, 2, 1)), "one not ready");
+    }
+}
