@@ -72,6 +72,8 @@ fn main() -> ExitCode {
                 tracing_subscriber::EnvFilter::new("info,kube_client::client::builder=off")
             }),
         )
+        // Colour only on a terminal: in a pod, codes would litter the logs.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
