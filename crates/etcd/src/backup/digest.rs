@@ -24,9 +24,9 @@ pub struct Summary {
     pub etcd_hash_ok: bool,
 }
 
-/// Feeds on a snapshot chunk by chunk.
+/// Feeds on a snapshot chunk by chunk. Each byte is hashed once: the
+/// hash of the whole stream is the database's hash state fed the trailer.
 pub struct SnapshotDigest {
-    whole: Sha256,
     database: Sha256,
     /// The newest bytes seen: not yet known to be database rather than trailer.
     tail: Vec<u8>,
@@ -43,7 +43,6 @@ impl SnapshotDigest {
     /// An empty digest.
     pub fn new() -> Self {
         SnapshotDigest {
-            whole: Sha256::new(),
             database: Sha256::new(),
             tail: Vec::with_capacity(2 * TRAILER_LEN),
             size: 0,
@@ -52,7 +51,6 @@ impl SnapshotDigest {
 
     /// Adds the next chunk.
     pub fn update(&mut self, chunk: &[u8]) {
-        self.whole.update(chunk);
         self.size += chunk.len() as u64;
         self.tail.extend_from_slice(chunk);
         // Everything but the newest 32 bytes is certainly database.
@@ -70,11 +68,17 @@ impl SnapshotDigest {
 
     /// The figures of the whole stream.
     pub fn finish(self) -> Summary {
+        let SnapshotDigest {
+            mut database,
+            tail,
+            size,
+        } = self;
         let etcd_hash_ok =
-            self.tail.len() == TRAILER_LEN && self.database.finalize().as_slice() == self.tail;
+            tail.len() == TRAILER_LEN && database.clone().finalize().as_slice() == tail;
+        database.update(&tail);
         Summary {
-            size: self.size,
-            sha256: hex(&self.whole.finalize()),
+            size,
+            sha256: hex(&database.finalize()),
             etcd_hash_ok,
         }
     }
