@@ -8,6 +8,7 @@
 
 pub mod backup;
 pub mod cluster;
+pub mod controller;
 pub mod members;
 pub mod restore;
 pub mod status;

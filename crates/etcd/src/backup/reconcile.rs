@@ -22,7 +22,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use object_store::ObjectStoreExt;
@@ -36,6 +36,7 @@ use super::snapshot::{self, Manifest, SnapshotError};
 use super::store::{self, Credentials, Destination};
 use super::{retention, service_address};
 use crate::cluster::objects;
+use crate::controller;
 use crate::members;
 use crate::status::{from_time, set_condition, to_time};
 
@@ -117,33 +118,18 @@ impl RunFailure {
 pub async fn run(client: Client, shutdown: CancellationToken, telemetry: Telemetry) {
     let context = Arc::new(Context {
         metrics: telemetry.etcd.clone(),
+        recorder: controller::recorder(&client, MANAGER),
         client: client.clone(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        ),
     });
-    Controller::new(
-        Api::<EtcdBackup>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .graceful_shutdown_on(async move { shutdown.cancelled().await })
-    .run(
-        move |object, context| {
-            let metrics = telemetry.reconcile.clone();
-            async move { metrics.observe(reconcile(object, context)).await }
-        },
+    let backups = Controller::new(Api::<EtcdBackup>::all(client), watcher::Config::default());
+    controller::drive(
+        backups,
+        shutdown,
+        telemetry,
+        reconcile,
         error_policy,
         context,
     )
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            tracing::debug!("backup reconcile: {e}");
-        }
-    })
     .await;
 }
 
@@ -656,14 +642,5 @@ async fn write_status(
 }
 
 async fn event(ctx: &Context, backup: &EtcdBackup, type_: EventType, reason: &str, note: &str) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Backup".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &backup.object_ref(&())).await {
-        tracing::debug!("publishing an event: {e}");
-    }
+    controller::publish(&ctx.recorder, backup, type_, reason, "Backup", note).await;
 }

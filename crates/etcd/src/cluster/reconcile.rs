@@ -13,21 +13,21 @@ use bosun_api::conditions::{self, reasons};
 use bosun_api::validation::{check_version_change, validate_cluster};
 use bosun_api::version::EtcdVersion;
 use bosun_api::{EtcdCluster, EtcdRestore};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::watcher;
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::{ClusterLabels, Telemetry};
 
 use super::objects::{self, InitialState, MemberPodParams, SeedRestore};
 use super::plan::{self, Desired, MemberView, Observed, PodView, RemoveReason, Step};
+use crate::controller;
 use crate::members::{self, EtcdError, EtcdMembers};
 use crate::restore::source::{self, SourceError};
 use crate::status::set_condition;
@@ -73,43 +73,30 @@ pub enum Error {
 
 /// Runs the EtcdCluster controller until `shutdown` is cancelled.
 pub async fn run(client: Client, shutdown: CancellationToken, telemetry: Telemetry) {
-    let hostname = std::env::var("POD_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "local".into());
-    let reporter = Reporter {
-        controller: MANAGER.into(),
-        instance: Some(hostname),
-    };
     let context = Arc::new(Context {
         metrics: telemetry.etcd.clone(),
+        recorder: controller::recorder(&client, MANAGER),
         client: client.clone(),
-        recorder: Recorder::new(client.clone(), reporter),
     });
     let owned = watcher::Config::default().labels(&format!(
         "{}={}",
         objects::MANAGED_BY_LABEL,
         objects::MANAGER
     ));
-    Controller::new(
+    let clusters = Controller::new(
         Api::<EtcdCluster>::all(client.clone()),
         watcher::Config::default(),
     )
     .owns(Api::<Pod>::all(client.clone()), owned.clone())
-    .owns(Api::<PersistentVolumeClaim>::all(client.clone()), owned)
-    .graceful_shutdown_on(async move { shutdown.cancelled().await })
-    .run(
-        move |object, context| {
-            let metrics = telemetry.reconcile.clone();
-            async move { metrics.observe(reconcile(object, context)).await }
-        },
+    .owns(Api::<PersistentVolumeClaim>::all(client), owned);
+    controller::drive(
+        clusters,
+        shutdown,
+        telemetry,
+        reconcile,
         error_policy,
         context,
     )
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            tracing::debug!("reconcile: {e}");
-        }
-    })
     .await;
 }
 
@@ -572,21 +559,15 @@ impl<'a> Pass<'a> {
     }
 
     async fn event(&self, type_: EventType, reason: &str, note: &str) {
-        let event = Event {
+        controller::publish(
+            &self.ctx.recorder,
+            self.cluster,
             type_,
-            reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
-            action: reason.into(),
-            secondary: None,
-        };
-        if let Err(e) = self
-            .ctx
-            .recorder
-            .publish(&event, &self.cluster.object_ref(&()))
-            .await
-        {
-            tracing::warn!("publishing event {reason}: {e}");
-        }
+            reason,
+            reason,
+            note,
+        )
+        .await;
     }
 
     async fn apply_services(&self) -> Result<(), Error> {

@@ -16,10 +16,9 @@ use bosun_api::conditions::{COMPLETE, FAILED, PROGRESSING, reasons};
 use bosun_api::restore::{EtcdRestoreStatus, RestorePhase};
 use bosun_api::validation::validate_restore;
 use bosun_api::{EtcdCluster, EtcdRestore};
-use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -28,6 +27,7 @@ use crate::telemetry::Telemetry;
 
 use super::source;
 use crate::cluster::objects;
+use crate::controller;
 use crate::status::set_condition;
 
 /// The name the restore controller publishes events as.
@@ -52,33 +52,18 @@ pub enum Error {
 /// Runs the EtcdRestore controller until `shutdown` is cancelled.
 pub async fn run(client: Client, shutdown: CancellationToken, telemetry: Telemetry) {
     let context = Arc::new(Context {
+        recorder: controller::recorder(&client, MANAGER),
         client: client.clone(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        ),
     });
-    Controller::new(
-        Api::<EtcdRestore>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .graceful_shutdown_on(async move { shutdown.cancelled().await })
-    .run(
-        move |object, context| {
-            let metrics = telemetry.reconcile.clone();
-            async move { metrics.observe(reconcile(object, context)).await }
-        },
+    let restores = Controller::new(Api::<EtcdRestore>::all(client), watcher::Config::default());
+    controller::drive(
+        restores,
+        shutdown,
+        telemetry,
+        reconcile,
         error_policy,
         context,
     )
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            tracing::debug!("restore reconcile: {e}");
-        }
-    })
     .await;
 }
 
@@ -289,14 +274,5 @@ async fn write_status(
 }
 
 async fn event(ctx: &Context, restore: &EtcdRestore, type_: EventType, reason: &str, note: &str) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Restore".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &restore.object_ref(&())).await {
-        tracing::debug!("publishing an event: {e}");
-    }
+    controller::publish(&ctx.recorder, restore, type_, reason, "Restore", note).await;
 }
