@@ -273,40 +273,50 @@ async fn ensure_bucket(
         host: &host,
     };
     let head = request("HEAD");
-    let status = std::cell::Cell::new(0);
-    wait_until(
-        &format!("S3 at {addr} to answer for bucket {BUCKET}"),
-        Duration::from_secs(60),
+    let put = request("PUT");
+    // Right after the pod starts, S3 may answer 404 for a bucket (and for
+    // its creation) before its filer is ready: both steps are retried
+    // together until the bucket is there.
+    let last_refusal = std::cell::RefCell::new(None);
+    let ready = wait_until(
+        &format!("S3 at {addr} to have bucket {BUCKET}"),
+        Duration::from_secs(90),
         Duration::from_millis(250),
         || async {
             let response = sigv4::send(addr, credentials, REGION, &head, REQUEST_TIMEOUT).await?;
-            status.set(response.status);
             match response.status {
-                200 | 404 => Ok(true),
-                other => Err(format!(
-                    "HTTP {other} {}",
-                    response.error_code().unwrap_or_default()
-                )),
+                200 => return Ok(true),
+                404 => {}
+                other => {
+                    return Err(format!(
+                        "HTTP {other} {}",
+                        response.error_code().unwrap_or_default()
+                    ));
+                }
+            }
+            let created = sigv4::send(addr, credentials, REGION, &put, REQUEST_TIMEOUT).await?;
+            match (created.status, created.error_code()) {
+                (200, _) | (409, Some("BucketAlreadyOwnedByYou")) => {
+                    tracing::info!(bucket = BUCKET, "bucket created");
+                    Ok(true)
+                }
+                (status, code) => {
+                    *last_refusal.borrow_mut() =
+                        Some((status, code.unwrap_or_default().to_string()));
+                    Ok(false)
+                }
             }
         },
     )
-    .await?;
-    if status.get() == 200 {
-        return Ok(());
-    }
-    let created = sigv4::send(addr, credentials, REGION, &request("PUT"), REQUEST_TIMEOUT)
-        .await
-        .map_err(|e| ObjectStoreError::Other(format!("creating bucket {BUCKET}: {e}")))?;
-    match (created.status, created.error_code()) {
-        (200, _) | (409, Some("BucketAlreadyOwnedByYou")) => {
-            tracing::info!(bucket = BUCKET, "bucket created");
-            Ok(())
-        }
-        (status, code) => Err(ObjectStoreError::S3 {
+    .await;
+    match (ready, last_refusal.into_inner()) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Some((status, code))) => Err(ObjectStoreError::S3 {
             what: format!("creating bucket {BUCKET}"),
             status,
-            code: code.unwrap_or_default().to_string(),
+            code,
         }),
+        (Err(e), None) => Err(e.into()),
     }
 }
 
