@@ -152,22 +152,9 @@ pub async fn reconcile(cached: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Act
     };
     let backup = &backup;
     let status = backup.status.clone().unwrap_or_default();
-    let generation = backup.meta().generation;
 
     if let Err(errors) = validate_backup(&backup.spec) {
-        let message = errors.to_string();
-        let mut status = status;
-        status.phase = Some(BackupPhase::Failed);
-        set_condition(
-            &mut status.conditions,
-            FAILED,
-            true,
-            reasons::INVALID_SPEC,
-            &message,
-            generation,
-        );
-        write_status(&ctx, backup, &status).await?;
-        return Ok(Action::await_change());
+        return refuse_spec(&ctx, backup, status, &errors.to_string()).await;
     }
 
     let Some(schedule_text) = &backup.spec.schedule else {
@@ -202,20 +189,7 @@ pub async fn reconcile(cached: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Act
         .unwrap_or_else(Utc::now);
     let now = Utc::now();
     match schedule::due(&cron, last, now) {
-        Err(message) => {
-            let mut status = status;
-            status.phase = Some(BackupPhase::Failed);
-            set_condition(
-                &mut status.conditions,
-                FAILED,
-                true,
-                reasons::INVALID_SPEC,
-                &message,
-                generation,
-            );
-            write_status(&ctx, backup, &status).await?;
-            Ok(Action::await_change())
-        }
+        Err(message) => refuse_spec(&ctx, backup, status, &message).await,
         Ok(Due::Later { at }) => {
             let next = to_time(at);
             if status.next_schedule_time.as_ref() != Some(&next)
@@ -246,6 +220,26 @@ pub async fn reconcile(cached: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Act
             Ok(Action::requeue(wait + Duration::from_millis(50)))
         }
     }
+}
+
+/// Fails an EtcdBackup whose spec cannot run, until the spec changes.
+async fn refuse_spec(
+    ctx: &Context,
+    backup: &EtcdBackup,
+    mut status: EtcdBackupStatus,
+    message: &str,
+) -> Result<Action, Error> {
+    status.phase = Some(BackupPhase::Failed);
+    set_condition(
+        &mut status.conditions,
+        FAILED,
+        true,
+        reasons::INVALID_SPEC,
+        message,
+        backup.meta().generation,
+    );
+    write_status(ctx, backup, &status).await?;
+    Ok(Action::await_change())
 }
 
 fn condition_true(status: &EtcdBackupStatus, type_: &str) -> bool {
