@@ -54,7 +54,7 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let client = crate::client::client(args.kubeconfig.as_deref()).await?;
-        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        let in_cluster = bosun_etcd::backup::service_address::in_cluster();
         let mut manager = Manager::new();
         if args.leader_elect.unwrap_or(in_cluster) {
             let namespace = args

@@ -9,6 +9,8 @@
 //! downward API, probes and security context all work) and takes nothing
 //! over: it has no permission outside its namespace anyway.
 
+mod common;
+
 use std::process::Command;
 use std::time::Duration;
 
@@ -46,25 +48,6 @@ fn bosun(cluster: &TestCluster, args: &[&str]) -> String {
     stdout
 }
 
-/// The dev cluster keeps its object store in the operator's namespace, so
-/// it is there on a cluster that ran the backup tests; on a fresh one it is
-/// created, as `bosun install` would, and left for the object store.
-fn ensure_operator_namespace(cluster: &TestCluster) {
-    if cluster
-        .kubectl(&["get", "namespace", "bosun-system"])
-        .status
-        .success()
-    {
-        return;
-    }
-    let out = cluster.kubectl(&["create", "namespace", "bosun-system"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() || stderr.contains("AlreadyExists"),
-        "creating bosun-system: {stderr}"
-    );
-}
-
 /// The resourceVersion of an object, or `None` when it is not there: what
 /// a dry run must leave as it was.
 async fn version<K>(api: Api<K>, name: &str) -> Option<String>
@@ -97,7 +80,7 @@ async fn snapshot(client: &Client) -> Vec<Option<String>> {
 #[tokio::test]
 async fn install_dry_run_has_the_api_server_accept_every_object_and_store_none() {
     let cluster = TestCluster::connect().await;
-    ensure_operator_namespace(&cluster);
+    common::ensure_operator_namespace(&cluster);
     let before = snapshot(&cluster.client).await;
     let image = format!("bosun.dev/bosun:dry-run-{}", std::process::id());
     let out = bosun(
@@ -142,7 +125,7 @@ async fn install_dry_run_has_the_api_server_accept_every_object_and_store_none()
 #[tokio::test]
 async fn uninstall_dry_run_keeping_the_crds_deletes_nothing() {
     let cluster = TestCluster::connect().await;
-    ensure_operator_namespace(&cluster);
+    common::ensure_operator_namespace(&cluster);
     let before = snapshot(&cluster.client).await;
     let out = bosun(&cluster, &["uninstall", "--dry-run", "--keep-crds"]);
     assert!(out.contains("keeping the CRDs"), "{out}");

@@ -14,6 +14,8 @@
 //!   PDB, reading credentials, creating pods and volumes, the Controllers'
 //!   list and watch) succeed with that ServiceAccount's token.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -353,29 +355,10 @@ fn the_tables_know_every_kubernetes_type_the_operator_code_uses() {
     );
 }
 
-/// The dev cluster keeps its object store in the operator's namespace, so
-/// it is there on a cluster that ran the backup tests; on a fresh one it is
-/// created, as `bosun install` would, and left for the object store.
-fn ensure_operator_namespace(cluster: &TestCluster) {
-    if cluster
-        .kubectl(&["get", "namespace", "bosun-system"])
-        .status
-        .success()
-    {
-        return;
-    }
-    let out = cluster.kubectl(&["create", "namespace", "bosun-system"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() || stderr.contains("AlreadyExists"),
-        "creating bosun-system: {stderr}"
-    );
-}
-
 #[tokio::test]
 async fn every_manifest_of_deploy_passes_the_api_servers_dry_run() {
     let cluster = TestCluster::connect().await;
-    ensure_operator_namespace(&cluster);
+    common::ensure_operator_namespace(&cluster);
     let crds = repo().join("deploy/crds");
     let operator = repo().join("deploy/operator");
     let out = cluster.kubectl_ok(&[
