@@ -1,15 +1,25 @@
-//! End-to-end tests of `bosun leader-elector` on the dev cluster: three
-//! processes of the built binary, on their own loopback ports, campaign for
-//! one Lease with the token of the example's ServiceAccount (so the
-//! example's Role is proven to be enough: the API server enforces RBAC).
-//! Exactly one says it leads and all name it; with
+//! End-to-end tests of `bosun leader-elector` on the dev cluster.
+//!
+//! As processes: three of the built binary, on their own loopback ports,
+//! campaign for one Lease with the token of the example's ServiceAccount
+//! (so the example's Role is proven to be enough: the API server enforces
+//! RBAC). Exactly one says it leads and all name it; with
 //! `--ready-only-when-leader` only its `/readyz` succeeds; SIGTERM of the
 //! leader hands over within a retry period thanks to the release, `kill -9`
-//! within the lease duration. The example manifests pass the API server's
-//! dry run.
+//! within the lease duration.
 //!
-//! Durations are short (3 s lease, 2 s renew deadline, 0.3 s retry period);
-//! every wait has a deadline derived from them.
+//! In pods: the example's `ready-only-when-leader` Deployment, three
+//! replicas of the image under the example's RBAC. Every pod's `/leader`
+//! (asked on the pod's IP) names one leader, which alone says it leads, is
+//! the one Ready pod (the Deployment shows 1/3) and holds the Lease; a
+//! graceful delete of its pod moves the Lease to another running pod (a
+//! standby, or the replacement if it runs first), and the Deployment
+//! returns to 1/3 with the new leader Ready.
+//!
+//! The example manifests pass the API server's dry run.
+//!
+//! Durations are short (3 s lease, 2 s renew deadline, 0.3 s retry period),
+//! in the pods too; every wait has a deadline derived from them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,8 +27,11 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use bosun_devcluster::fixture::TestCluster;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
+use kube::api::{DeleteParams, ListParams, PostParams};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::Deserialize;
@@ -38,6 +51,15 @@ const SLACK: Duration = Duration::from_millis(500);
 /// How long a freshly spawned process may take to serve.
 const STARTUP: Duration = Duration::from_secs(20);
 const LEASE_NAME: &str = "sidecar";
+
+/// The flags that give an elector the durations above.
+fn timing_flags() -> [String; 3] {
+    [
+        format!("--lease-duration={}s", LEASE.as_secs()),
+        format!("--renew-deadline={}s", RENEW_DEADLINE.as_secs()),
+        format!("--retry-period={}ms", RETRY.as_millis()),
+    ]
+}
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/leader-election")
@@ -114,8 +136,7 @@ impl Elector {
             .arg(format!("--listen={addr}"))
             .arg("--kubeconfig")
             .arg(kubeconfig)
-            .args(["--lease-duration", "3s", "--renew-deadline", "2s"])
-            .args(["--retry-period", "300ms"])
+            .args(timing_flags())
             .args(extra)
             .env("RUST_LOG", "info,bosun_runtime=debug")
             .env_remove("POD_NAME")
@@ -131,14 +152,13 @@ impl Elector {
         }
     }
 
-    /// `/leader` as JSON, or why not.
+    /// Its identity and where it serves, as `agreed_leader` asks them.
+    fn candidate(&self) -> (&str, SocketAddr) {
+        (&self.identity, self.addr)
+    }
+
     async fn leader(&self) -> Result<LeaderAnswer, String> {
-        let (status, body) = get(self.addr, "/leader").await?;
-        if status != 200 {
-            return Err(format!("/leader answered {status}: {body}"));
-        }
-        serde_json::from_str(&body)
-            .map_err(|e| format!("/leader is not the JSON expected: {e}: {body}"))
+        leader_answer(self.addr).await
     }
 
     async fn status(&self, path: &str) -> u16 {
@@ -171,6 +191,16 @@ struct LeaderAnswer {
     renew_time: Option<String>,
 }
 
+/// `/leader` of the elector serving on `addr`, as JSON, or why not.
+async fn leader_answer(addr: SocketAddr) -> Result<LeaderAnswer, String> {
+    let (status, body) = get(addr, "/leader").await?;
+    if status != 200 {
+        return Err(format!("/leader on {addr} answered {status}: {body}"));
+    }
+    serde_json::from_str(&body)
+        .map_err(|e| format!("/leader on {addr} is not the JSON expected: {e}: {body}"))
+}
+
 /// A minimal HTTP/1.1 GET: status and body.
 async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
     let exchange = async {
@@ -201,13 +231,16 @@ async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
         .map_err(|_| format!("GET {path} on {addr}: no answer within 5 s"))?
 }
 
-/// Who leads, when every elector answers, all name the same leader, that
-/// leader is one of them, and exactly that one says it leads.
-async fn agreed_leader(electors: &[&Elector]) -> Result<String, String> {
+/// Who leads, when every candidate (identity, address) answers, all name
+/// the same leader, that leader is one of them, and exactly that one says
+/// it leads.
+async fn agreed_leader(candidates: &[(&str, SocketAddr)]) -> Result<String, String> {
     let mut named = Vec::new();
-    for elector in electors {
-        let answer = elector.leader().await?;
-        named.push((elector.identity.as_str(), answer));
+    for (identity, addr) in candidates {
+        let answer = leader_answer(*addr)
+            .await
+            .map_err(|e| format!("{identity}: {e}"))?;
+        named.push((*identity, answer));
     }
     let leader = named[0].1.leader.clone().ok_or("nobody leads yet")?;
     if !named.iter().any(|(identity, _)| *identity == leader) {
@@ -247,9 +280,14 @@ where
     }
 }
 
-async fn lease_holder(cluster: &TestCluster, ns: &str) -> (Option<String>, Option<i32>) {
+/// The holder and transitions of Lease `name` in `ns`.
+async fn lease_holder(
+    cluster: &TestCluster,
+    ns: &str,
+    name: &str,
+) -> (Option<String>, Option<i32>) {
     let lease = Api::<Lease>::namespaced(cluster.client.clone(), ns)
-        .get(LEASE_NAME)
+        .get(name)
         .await
         .expect("the Lease exists");
     let spec = lease.spec.unwrap_or_default();
@@ -281,7 +319,7 @@ async fn one_of_three_sidecars_leads_is_alone_ready_and_hands_over_on_sigterm() 
         })
         .collect();
 
-    let all: Vec<&Elector> = electors.iter().collect();
+    let all: Vec<_> = electors.iter().map(Elector::candidate).collect();
     let (leader, _) = eventually("all three agree on one leader", STARTUP, || {
         agreed_leader(&all)
     })
@@ -306,7 +344,7 @@ async fn one_of_three_sidecars_leads_is_alone_ready_and_hands_over_on_sigterm() 
         u8::from(electors[0].identity == leader)
     );
     assert!(metrics.contains(&gauge), "{gauge} in:\n{metrics}");
-    let (holder, transitions_before) = lease_holder(&cluster, &ns.name).await;
+    let (holder, transitions_before) = lease_holder(&cluster, &ns.name, LEASE_NAME).await;
     assert_eq!(holder.as_deref(), Some(leader.as_str()));
 
     // SIGTERM: the leader releases the Lease and exits 0; one of the others
@@ -314,7 +352,7 @@ async fn one_of_three_sidecars_leads_is_alone_ready_and_hands_over_on_sigterm() 
     let old = take(&mut electors, &leader);
     let terminated = Instant::now();
     old.signal(Signal::SIGTERM);
-    let rest: Vec<&Elector> = electors.iter().collect();
+    let rest: Vec<_> = electors.iter().map(Elector::candidate).collect();
     let (new_leader, took_over) =
         eventually("another sidecar leads", LEASE * 2, || agreed_leader(&rest)).await;
     let handover = took_over - terminated;
@@ -327,7 +365,7 @@ async fn one_of_three_sidecars_leads_is_alone_ready_and_hands_over_on_sigterm() 
     let status = old.exited(RENEW_DEADLINE + SLACK).await;
     assert!(status.success(), "a terminated sidecar exits 0: {status:?}");
 
-    let (holder, transitions) = lease_holder(&cluster, &ns.name).await;
+    let (holder, transitions) = lease_holder(&cluster, &ns.name, LEASE_NAME).await;
     assert_eq!(holder.as_deref(), Some(new_leader.as_str()));
     assert_eq!(transitions, transitions_before.map(|t| t + 1));
     for elector in &electors {
@@ -369,7 +407,7 @@ async fn kill_9_of_the_leading_sidecar_hands_over_within_the_lease_duration() {
         .iter()
         .map(|id| Elector::spawn(&kubeconfig.path, &ns.name, id, &[]))
         .collect();
-    let all: Vec<&Elector> = electors.iter().collect();
+    let all: Vec<_> = electors.iter().map(Elector::candidate).collect();
     let (leader, _) = eventually("all three agree on one leader", STARTUP, || {
         agreed_leader(&all)
     })
@@ -385,7 +423,7 @@ async fn kill_9_of_the_leading_sidecar_hands_over_within_the_lease_duration() {
     let old = take(&mut electors, &leader);
     let killed = Instant::now();
     old.signal(Signal::SIGKILL);
-    let rest: Vec<&Elector> = electors.iter().collect();
+    let rest: Vec<_> = electors.iter().map(Elector::candidate).collect();
     let (new_leader, took_over) = eventually(
         "another sidecar leads",
         LEASE + LONGEST_RETRY * 2 + SLACK * 2,
@@ -412,7 +450,7 @@ async fn kill_9_of_the_leading_sidecar_hands_over_within_the_lease_duration() {
         Some(9),
         "{status:?}"
     );
-    let (holder, _) = lease_holder(&cluster, &ns.name).await;
+    let (holder, _) = lease_holder(&cluster, &ns.name, LEASE_NAME).await;
     assert_eq!(holder.as_deref(), Some(new_leader.as_str()));
 
     for elector in electors {
@@ -529,4 +567,366 @@ async fn the_example_manifests_pass_the_api_servers_dry_run() {
         assert_eq!(electors, 1, "{name} runs one elector");
     }
     assert_eq!(ready_only_when_leader, 1, "one Deployment of each mode");
+}
+
+/// How long the example's pods may take to be scheduled, started and
+/// serving on a busy two-core machine.
+const POD_STARTUP: Duration = Duration::from_secs(120);
+/// How long a graceful delete of a pod may take to reach its container as
+/// SIGTERM: the kubelet learns of it by its watch and asks the container
+/// runtime to stop the container.
+const KUBELET_STOP: Duration = Duration::from_secs(5);
+
+/// The Deployment of `ready-only-when-leader.yaml`, as the test runs it.
+struct ReadyOnlyWhenLeader {
+    deployment: Deployment,
+    namespace: String,
+    /// The Lease its electors campaign for (`--lease-name`).
+    lease: String,
+    /// Where its electors serve (the container port `http`).
+    port: u16,
+    /// Its pods' label selector.
+    selector: String,
+}
+
+impl ReadyOnlyWhenLeader {
+    /// The example's Deployment in `ns`, with three replicas and the short
+    /// durations of these tests.
+    fn in_namespace(ns: &str) -> Self {
+        let mut deployment = example_documents()
+            .into_iter()
+            .find(|(path, d)| {
+                path.ends_with("ready-only-when-leader.yaml") && d["kind"] == "Deployment"
+            })
+            .map(|(_, d)| d)
+            .expect("ready-only-when-leader.yaml has a Deployment");
+        deployment["metadata"]["namespace"] = ns.into();
+        deployment["spec"]["replicas"] = 3.into();
+        let selector = deployment["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .expect("the Deployment selects by labels")
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().expect("a label value")))
+            .collect::<Vec<_>>()
+            .join(",");
+        let elector = deployment["spec"]["template"]["spec"]["containers"]
+            .as_array_mut()
+            .and_then(|c| c.iter_mut().find(|c| c["args"][0] == "leader-elector"))
+            .expect("a container runs the elector");
+        let port = elector["ports"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == "http"))
+            .and_then(|p| p["containerPort"].as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+            .expect("the elector's port is named http");
+        let args = elector["args"].as_array_mut().expect("the elector's args");
+        let lease = args
+            .iter()
+            .find_map(|a| a.as_str()?.strip_prefix("--lease-name="))
+            .expect("the elector is given --lease-name=")
+            .to_string();
+        let durations = ["--lease-duration", "--renew-deadline", "--retry-period"];
+        assert!(
+            !args
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|a| durations.iter().any(|d| a.starts_with(d))),
+            "the example sets no durations the test would contradict"
+        );
+        args.extend(timing_flags().map(Value::from));
+        ReadyOnlyWhenLeader {
+            deployment: serde_json::from_value(deployment).expect("a Deployment"),
+            namespace: ns.to_string(),
+            lease,
+            port,
+            selector,
+        }
+    }
+
+    /// The Deployment, its pods and its Lease, now.
+    async fn snapshot(&self, cluster: &TestCluster) -> Result<Snapshot, String> {
+        let name = self.deployment.metadata.name.as_deref().expect("a name");
+        let deployment = Api::<Deployment>::namespaced(cluster.client.clone(), &self.namespace)
+            .get(name)
+            .await
+            .map_err(|e| format!("get deployment {name}: {e}"))?;
+        let pods = Api::<Pod>::namespaced(cluster.client.clone(), &self.namespace)
+            .list(&ListParams::default().labels(&self.selector))
+            .await
+            .map_err(|e| format!("list pods: {e}"))?;
+        let lease = Api::<Lease>::namespaced(cluster.client.clone(), &self.namespace)
+            .get_opt(&self.lease)
+            .await
+            .map_err(|e| format!("get lease {}: {e}", self.lease))?;
+        let status = deployment.status.unwrap_or_default();
+        let lease = lease.and_then(|l| l.spec).unwrap_or_default();
+        Ok(Snapshot {
+            wanted: deployment.spec.and_then(|s| s.replicas),
+            replicas: status.replicas,
+            ready_replicas: status.ready_replicas,
+            pods: pods
+                .items
+                .iter()
+                .map(|p| PodView::of(p, self.port))
+                .collect(),
+            lease: self.lease.clone(),
+            holder: lease.holder_identity,
+            transitions: lease.lease_transitions,
+        })
+    }
+
+    /// Three pods Running, one Ready, the Deployment saying 1/3, and every
+    /// pod naming the same leader, which alone says it leads.
+    async fn settled(&self, cluster: &TestCluster) -> Result<(Snapshot, String), String> {
+        let snapshot = self.snapshot(cluster).await?;
+        let in_context = |e: String| format!("{e}\n{snapshot}");
+        snapshot.one_ready_of_three().map_err(in_context)?;
+        let candidates = snapshot.candidates().map_err(in_context)?;
+        let leader = agreed_leader(&candidates).await.map_err(in_context)?;
+        Ok((snapshot, leader))
+    }
+}
+
+/// One pod of the Deployment, as the test sees it.
+struct PodView {
+    name: String,
+    /// The phase, and why a container waits if one does.
+    state: String,
+    running: bool,
+    ready: bool,
+    terminating: bool,
+    addr: Option<SocketAddr>,
+}
+
+impl PodView {
+    fn of(pod: &Pod, port: u16) -> Self {
+        let status = pod.status.clone().unwrap_or_default();
+        let phase = status.phase.unwrap_or_default();
+        let waiting = status
+            .container_statuses
+            .iter()
+            .flatten()
+            .filter_map(|c| c.state.as_ref()?.waiting.as_ref())
+            .map(|w| {
+                format!(
+                    " ({}: {})",
+                    w.reason.as_deref().unwrap_or("waiting"),
+                    w.message.as_deref().unwrap_or_default()
+                )
+            })
+            .collect::<String>();
+        PodView {
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            running: phase == "Running",
+            state: format!("{phase}{waiting}"),
+            ready: status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True"),
+            terminating: pod.metadata.deletion_timestamp.is_some(),
+            addr: status
+                .pod_ip
+                .and_then(|ip| ip.parse().ok())
+                .map(|ip: std::net::IpAddr| SocketAddr::new(ip, port)),
+        }
+    }
+}
+
+/// The Deployment, its pods and its Lease at one moment; every failed wait
+/// prints the last one.
+struct Snapshot {
+    wanted: Option<i32>,
+    replicas: Option<i32>,
+    ready_replicas: Option<i32>,
+    pods: Vec<PodView>,
+    lease: String,
+    holder: Option<String>,
+    transitions: Option<i32>,
+}
+
+impl std::fmt::Display for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = |v: Option<i32>| v.unwrap_or(0);
+        writeln!(
+            f,
+            "deployment: {} replicas wanted, {} exist, {} ready",
+            n(self.wanted),
+            n(self.replicas),
+            n(self.ready_replicas)
+        )?;
+        writeln!(
+            f,
+            "lease {}: holder {:?}, {:?} transitions",
+            self.lease, self.holder, self.transitions
+        )?;
+        for pod in &self.pods {
+            writeln!(
+                f,
+                "pod {}: {}, {}{}, {}",
+                pod.name,
+                pod.state,
+                if pod.ready { "Ready" } else { "not Ready" },
+                if pod.terminating { ", terminating" } else { "" },
+                pod.addr.map_or("no IP".to_string(), |a| a.ip().to_string())
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Snapshot {
+    /// The pods that are not being deleted.
+    fn live(&self) -> impl Iterator<Item = &PodView> {
+        self.pods.iter().filter(|p| !p.terminating)
+    }
+
+    /// The name of the one Ready pod, when three pods run with IPs, one is
+    /// Ready, and the Deployment says so (`kubectl get` shows 1/3).
+    fn one_ready_of_three(&self) -> Result<String, String> {
+        let live: Vec<&PodView> = self.live().collect();
+        if live.len() != 3 || !live.iter().all(|p| p.running && p.addr.is_some()) {
+            return Err("not three pods running with IPs".to_string());
+        }
+        let ready: Vec<&str> = live
+            .iter()
+            .filter(|p| p.ready)
+            .map(|p| p.name.as_str())
+            .collect();
+        let [ready] = ready[..] else {
+            return Err(format!("{} pods are Ready, not one", ready.len()));
+        };
+        if (self.wanted, self.replicas, self.ready_replicas) != (Some(3), Some(3), Some(1)) {
+            return Err("the Deployment's status does not say 1/3 Ready".to_string());
+        }
+        Ok(ready.to_string())
+    }
+
+    /// Every live pod as a candidate of `agreed_leader`.
+    fn candidates(&self) -> Result<Vec<(&str, SocketAddr)>, String> {
+        self.live()
+            .map(|p| {
+                let addr = p.addr.ok_or_else(|| format!("{} has no IP", p.name))?;
+                Ok((p.name.as_str(), addr))
+            })
+            .collect()
+    }
+
+    /// Asserts what the example promises of a settled Deployment: the one
+    /// Ready pod is the leader that every pod names, and holds the Lease.
+    fn assert_leader_alone_ready(&self, leader: &str) {
+        let ready = self
+            .one_ready_of_three()
+            .unwrap_or_else(|e| panic!("{e}\n{self}"));
+        assert_eq!(ready, leader, "the Ready pod is the leader\n{self}");
+        assert_eq!(
+            self.holder.as_deref(),
+            Some(leader),
+            "the leader holds the Lease\n{self}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_replica_deployment_has_one_ready_leader_which_moves_when_its_pod_is_deleted() {
+    let cluster = TestCluster::connect().await;
+    let ns = cluster.namespace("leader_elector_deployment").await;
+    let rbac = examples_dir().join("rbac.yaml");
+    cluster.kubectl_ok(&["apply", "-n", &ns.name, "-f", &rbac.to_string_lossy()]);
+    let example = ReadyOnlyWhenLeader::in_namespace(&ns.name);
+    let started = Instant::now();
+    Api::<Deployment>::namespaced(cluster.client.clone(), &ns.name)
+        .create(&PostParams::default(), &example.deployment)
+        .await
+        .expect("create the example's Deployment");
+    let (cluster, example) = (&cluster, &example);
+
+    let ((before, leader), _) = eventually(
+        "three pods run, one is Ready (1/3), all name one leader",
+        POD_STARTUP,
+        move || async move { example.settled(cluster).await },
+    )
+    .await;
+    println!(
+        "{leader} leads, alone Ready, {:?} after the create",
+        started.elapsed()
+    );
+    before.assert_leader_alone_ready(&leader);
+    let standbys: Vec<&str> = before
+        .live()
+        .map(|p| p.name.as_str())
+        .filter(|p| *p != leader)
+        .collect();
+
+    // A graceful delete: the kubelet sends SIGTERM, the elector gives the
+    // Lease back, and another pod takes it on its next attempt (within
+    // LONGEST_RETRY). Even if the release were lost, another pod would take
+    // the Lease once it expired: LEASE after the last renewal, plus up to
+    // two jittered retry periods. The deadline is that bound, plus the time
+    // the delete takes to reach the container.
+    let handover_deadline = KUBELET_STOP + LEASE + LONGEST_RETRY * 2 + SLACK;
+    let deleted = Instant::now();
+    Api::<Pod>::namespaced(cluster.client.clone(), &ns.name)
+        .delete(&leader, &DeleteParams::default())
+        .await
+        .expect("delete the leader's pod");
+    let old = leader.as_str();
+    let (new_leader, took_over) = eventually(
+        "another running pod holds the Lease and says it leads",
+        handover_deadline,
+        move || async move {
+            let now = example.snapshot(cluster).await?;
+            let holder = now
+                .holder
+                .clone()
+                .filter(|h| h != old)
+                .ok_or_else(|| format!("the Lease has not moved\n{now}"))?;
+            let pod = now
+                .live()
+                .find(|p| p.name == holder && p.running)
+                .ok_or_else(|| format!("{holder} holds the Lease, no running pod\n{now}"))?;
+            let addr = pod
+                .addr
+                .ok_or_else(|| format!("{holder} has no IP\n{now}"))?;
+            let answer = leader_answer(addr)
+                .await
+                .map_err(|e| format!("{holder}: {e}\n{now}"))?;
+            if !answer.is_leader || answer.leader.as_deref() != Some(holder.as_str()) {
+                return Err(format!(
+                    "{holder} holds the Lease but answers {answer:?}\n{now}"
+                ));
+            }
+            Ok(holder)
+        },
+    )
+    .await;
+    let handover = took_over - deleted;
+    // The replacement pod may win: it often runs before the kubelet has
+    // stopped the old leader, and after the release every live pod
+    // campaigns alike.
+    let taker = if standbys.contains(&new_leader.as_str()) {
+        "a standby"
+    } else {
+        "the replacement pod"
+    };
+    println!("delete of {leader}'s pod: {new_leader} ({taker}) leads {handover:?} later");
+
+    let ((after, leader_after), back) = eventually(
+        "the Deployment is back to one Ready pod of three",
+        POD_STARTUP,
+        move || async move { example.settled(cluster).await },
+    )
+    .await;
+    println!(
+        "back to 1/3 Ready {:?} after the delete; {:?} in all",
+        back - deleted,
+        started.elapsed()
+    );
+    assert_eq!(leader_after, new_leader, "leadership stayed put\n{after}");
+    after.assert_leader_alone_ready(&new_leader);
+    assert_eq!(
+        after.transitions,
+        before.transitions.map(|t| t + 1),
+        "one hand-over, no flapping\n{after}"
+    );
 }
