@@ -9,9 +9,10 @@
 # and a Markdown table of both sides. Filling the cluster is timed apart.
 # Usage: [SIZE_MB=1024] [ETCD_VERSION=3.7.3] bench/backup-restore.sh
 # As root, on the host of a running dev cluster (the one $KUBECONFIG names,
-# default $HOME/.bosun/dev/kubeconfig) and of its `bosun operator`: the
-# operator writes the file store and the member pod reads it back, so both
-# must see this host's $TMPDIR. It starts and stops no cluster and leaves
+# default $HOME/.bosun/dev/kubeconfig) with the operator `dev up` installed:
+# the operator writes the file store into the cluster's backups directory
+# (<state dir>/data/backups, mounted into its pods) and the member pod
+# reads it back from there. It starts and stops no cluster and leaves
 # nothing behind but what it prints.
 set -euo pipefail
 size_mb=${SIZE_MB:-1024}
@@ -22,12 +23,13 @@ etcd_bin=$tools/bin
 [ -n "${ETCD_VERSION:-}" ] && etcd_bin=$tools/etcd-$ETCD_VERSION
 etcdctl=$etcd_bin/etcdctl
 etcdutl=$etcd_bin/etcdutl
-# The dev cluster's operator: the one whose kubeconfig lies in the state
-# directory of $KUBECONFIG. Looked up again right before the backup, since
-# its supervisor restarts it if it dies.
-operator_pid() { pgrep -f "bosun operator --kubeconfig $(dirname "$KUBECONFIG")/" | head -n1; }
+# The leading replica of the dev cluster's operator. Looked up again right
+# before the backup, since leadership may move.
+cd "$(dirname "$0")/.."
+. bench/operator-pid.sh
+operator_pid() { leading_operator_pid; }
 operator=$(operator_pid) || true
-[ -n "$operator" ] || { echo "no \`bosun operator\` of $(dirname "$KUBECONFIG") runs" >&2; exit 1; }
+[ -n "$operator" ] || { echo "no leading \`bosun operator\` runs on this host" >&2; exit 1; }
 
 ns=bench-backup-$(printf '%04x%04x' $RANDOM $RANDOM)
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/bosun-bench-backup.XXXXXX")
@@ -42,10 +44,10 @@ cleanup() {
       -o jsonpath='{range .items[*]}{.kind}/{.metadata.name}: {.status.conditions}{"\n"}{end}' >&2 || true
   fi
   $kubectl delete namespace "$ns" --wait=true --timeout=300s >/dev/null 2>&1 || true
-  rm -rf "$tmp"
+  rm -rf "$tmp" "$store"
 }
+store=$(dirname "$KUBECONFIG")/data/backups/$ns
 trap cleanup EXIT
-mkdir -p "$tmp/store"
 
 now() { date +%s.%N; }
 calc() { awk "BEGIN {printf \"$1\", $2}"; } # format expression
@@ -120,7 +122,7 @@ sample_rss "$operator" "$tmp/rss.max" &
 sampler=$!
 cpu_before=$(cpu_ticks "$operator")
 t0=$(now)
-echo "{\"apiVersion\":\"etcd.bosun.dev/v1alpha1\",\"kind\":\"EtcdBackup\",\"metadata\":{\"name\":\"once\"},\"spec\":{\"clusterName\":\"db\",\"timeoutSeconds\":3600,\"storage\":{\"file\":{\"path\":\"$tmp/store\"}}}}" | k apply -f - >/dev/null
+echo "{\"apiVersion\":\"etcd.bosun.dev/v1alpha1\",\"kind\":\"EtcdBackup\",\"metadata\":{\"name\":\"once\"},\"spec\":{\"clusterName\":\"db\",\"timeoutSeconds\":3600,\"storage\":{\"file\":{\"path\":\"$store\"}}}}" | k apply -f - >/dev/null
 phase=$(wait_phase etcdbackup/once 'Succeeded|Failed' 3600)
 backup_s=$(calc %.2f "$(now) - $t0")
 cpu_s=$(calc %.1f "($(cpu_ticks "$operator") - $cpu_before) / $(getconf CLK_TCK)")

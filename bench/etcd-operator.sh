@@ -52,8 +52,11 @@ wait_ready upgrade 3
 echo "upgrade 3.6.16 -> 3.7.3, size 3: $(secs "$t0" "$(now)") s"
 $kubectl delete etcd upgrade --wait=true >/dev/null
 
+# The leading replica of the operator `dev up` installed (the standby
+# holds no informer caches, so it is not the one to measure).
+. bench/operator-pid.sh
 operator_rss() {
-  local pid; pid=$(pgrep -f "bosun operator --kubeconfig $state/" | head -n1)
+  local pid; pid=$(leading_operator_pid)
   awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status"
 }
 echo "operator RSS with 0 clusters: $(operator_rss) MiB"

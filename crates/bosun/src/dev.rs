@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use bosun_devcluster::cluster::{self, DevCluster, UpOptions};
 use bosun_devcluster::supervisor::ComponentState;
 use bosun_devcluster::tools::Tools;
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 
 /// `bosun dev` subcommands.
 #[derive(Subcommand)]
@@ -51,15 +51,29 @@ pub struct UpArgs {
     /// Return once the cluster is ready and leave it running; stop it with `bosun dev down`.
     #[arg(long)]
     detach: bool,
-    /// Do not run the bosun operator (run `bosun operator` yourself, e.g. from a debugger).
-    #[arg(long)]
-    no_operator: bool,
+    /// Where the bosun operator runs: in the cluster, installed as `bosun
+    /// install` does from the image built of this binary; on this host, as
+    /// a supervised process with the admin kubeconfig; or not at all (run
+    /// `bosun operator` yourself, e.g. from a debugger).
+    #[arg(long, value_enum, default_value_t = OperatorMode::Cluster)]
+    operator: OperatorMode,
     /// Directory of the upstream programs built by scripts/setup.sh --cluster.
     #[arg(long, value_name = "DIR", env = "BOSUN_TOOLS_DIR", default_value_os_t = Tools::default_dir())]
     tools_dir: PathBuf,
     /// Internal: this process is the detached supervisor.
     #[arg(long, hide = true)]
     supervised: bool,
+}
+
+/// Where `bosun dev up` runs the operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OperatorMode {
+    /// The Deployment of deploy/operator, under its own RBAC.
+    Cluster,
+    /// A process on this host with the admin kubeconfig.
+    Host,
+    /// None.
+    None,
 }
 
 /// Runs a `bosun dev` subcommand.
@@ -91,11 +105,17 @@ async fn up_foreground(args: UpArgs) -> anyhow::Result<()> {
         kubeconfig: args.kubeconfig.clone(),
         tools_dir: args.tools_dir.clone(),
         bosun_binary: std::env::current_exe().ok(),
-        operator: !args.no_operator,
+        host_operator: args.operator == OperatorMode::Host,
     };
     let started = std::time::Instant::now();
     let running = cluster::up(&opts).await?;
     let kubeconfig = running.kubeconfig();
+    if args.operator == OperatorMode::Cluster
+        && let Err(e) = install_operator(&running).await
+    {
+        running.stop().await;
+        return Err(e.context("installing the bosun operator into the dev cluster"));
+    }
     std::fs::write(
         ready_marker(&opts.state_dir),
         kubeconfig.to_string_lossy().as_bytes(),
@@ -131,6 +151,22 @@ async fn up_foreground(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Installs the operator from the image `up` built and imported, with the
+/// cluster's backups directory for `file` backups.
+async fn install_operator(running: &cluster::RunningCluster) -> anyhow::Result<()> {
+    let image = running
+        .operator_image()
+        .context("no bosun image was built (is this binary readable?)")?;
+    let client = bosun_devcluster::cluster::client_from(&running.kubeconfig()).await?;
+    let overrides = crate::install::Overrides {
+        image: Some(image.name.clone()),
+        replicas: None,
+        host_backup_dir: Some(running.backups_dir()),
+        image_digest: Some(image.digest.clone()),
+    };
+    crate::install::install_with(&client, &overrides).await
+}
+
 /// Starts a supervisor in the background and returns when it is ready.
 fn detach(args: &UpArgs) -> anyhow::Result<()> {
     let state_dir = &args.state.state_dir;
@@ -151,8 +187,8 @@ fn detach(args: &UpArgs) -> anyhow::Result<()> {
     if args.fresh {
         command.arg("--fresh");
     }
-    if args.no_operator {
-        command.arg("--no-operator");
+    if let Some(mode) = args.operator.to_possible_value() {
+        command.arg("--operator").arg(mode.get_name());
     }
     use std::os::unix::process::CommandExt;
     let mut child = command

@@ -16,7 +16,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{EnvVar, Namespace, Pod};
+use k8s_openapi::api::core::v1::{
+    EnvVar, HostPathVolumeSource, Namespace, Pod, Volume, VolumeMount,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
     Api, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
@@ -111,6 +113,12 @@ pub struct InstallArgs {
     /// How many replicas of the operator run; one leads at a time [default: 2].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..))]
     replicas: Option<i32>,
+    /// A directory of the nodes to mount, at the same path, into the
+    /// operator's pods, for EtcdBackups to the `file` backend (it must be
+    /// writable by uid 65532; a `file://` restore reads the same path on
+    /// the seed pod's node).
+    #[arg(long, value_name = "DIR", value_parser = absolute_dir)]
+    host_backup_dir: Option<PathBuf>,
     /// Have the API server check every object (server-side dry run) and store none.
     #[arg(long)]
     dry_run: bool,
@@ -135,6 +143,14 @@ fn non_empty(text: &str) -> Result<String, String> {
         return Err("must not be empty".into());
     }
     Ok(text.to_string())
+}
+
+fn absolute_dir(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    if !path.is_absolute() || path.parent().is_none() {
+        return Err("must be an absolute path below /".into());
+    }
+    Ok(path)
 }
 
 /// One object of `deploy/`.
@@ -235,12 +251,26 @@ fn embedded() -> anyhow::Result<Vec<Manifest>> {
     Ok(manifests)
 }
 
-/// What `--image` and `--replicas` change.
+/// What `--image`, `--replicas` and `--host-backup-dir` change, and the
+/// image's digest when the caller knows it.
 #[derive(Clone, Debug, Default, PartialEq)]
-struct Overrides {
-    image: Option<String>,
-    replicas: Option<i32>,
+pub struct Overrides {
+    /// The operator's image (and `BOSUN_IMAGE`).
+    pub image: Option<String>,
+    /// The number of replicas.
+    pub replicas: Option<i32>,
+    /// A node directory mounted at the same path for `file` backups.
+    pub host_backup_dir: Option<PathBuf>,
+    /// The image's digest, written to the pod template, so that a new image
+    /// under the same tag (as `bosun dev up` builds it) rolls the pods.
+    pub image_digest: Option<String>,
 }
+
+/// The pod-template annotation that carries [`Overrides::image_digest`].
+const IMAGE_DIGEST_ANNOTATION: &str = "bosun.dev/image-digest";
+
+/// The volume that carries [`Overrides::host_backup_dir`].
+const BACKUP_VOLUME: &str = "host-backups";
 
 /// The objects to apply, in order, with the overrides made.
 fn install_plan(overrides: &Overrides) -> anyhow::Result<Vec<Manifest>> {
@@ -296,6 +326,34 @@ fn override_deployment(manifest: &mut Manifest, overrides: &Overrides) -> anyhow
         value: Some(image),
         value_from: None,
     });
+    if let Some(dir) = &overrides.host_backup_dir {
+        let path = dir.to_string_lossy().into_owned();
+        container
+            .volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(VolumeMount {
+                name: BACKUP_VOLUME.into(),
+                mount_path: path.clone(),
+                ..VolumeMount::default()
+            });
+        let pod = spec.template.spec.as_mut().context("checked above")?;
+        pod.volumes.get_or_insert_with(Vec::new).push(Volume {
+            name: BACKUP_VOLUME.into(),
+            host_path: Some(HostPathVolumeSource {
+                path,
+                type_: Some("Directory".into()),
+            }),
+            ..Volume::default()
+        });
+    }
+    if let Some(digest) = &overrides.image_digest {
+        spec.template
+            .metadata
+            .get_or_insert_with(Default::default)
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(IMAGE_DIGEST_ANNOTATION.into(), digest.clone());
+    }
     manifest.object = serde_json::from_value(serde_json::to_value(&deployment)?)?;
     Ok(())
 }
@@ -361,12 +419,20 @@ pub fn install(args: InstallArgs) -> anyhow::Result<()> {
     let overrides = Overrides {
         image: args.image,
         replicas: args.replicas,
+        host_backup_dir: args.host_backup_dir,
+        image_digest: None,
     };
     let plan = install_plan(&overrides)?;
     runtime()?.block_on(async move {
         let client = crate::client::client(args.kubeconfig.as_deref()).await?;
         apply_all(&client, &plan, args.dry_run).await
     })
+}
+
+/// Installs the operator with `overrides` and waits for its rollout: what
+/// `bosun dev up` does with the image it built.
+pub async fn install_with(client: &Client, overrides: &Overrides) -> anyhow::Result<()> {
+    apply_all(client, &install_plan(overrides)?, false).await
 }
 
 async fn apply_all(client: &Client, plan: &[Manifest], dry_run: bool) -> anyhow::Result<()> {
@@ -682,6 +748,7 @@ mod tests {
         let overrides = Overrides {
             image: Some("bosun.dev/bosun:v1.2.3".into()),
             replicas: Some(3),
+            ..Overrides::default()
         };
         let plan = install_plan(&overrides).expect("plan");
         let deployment = operator(&plan);
@@ -708,6 +775,47 @@ mod tests {
             deployment_summary(manifest),
             Some(("bosun.dev/bosun:v1.2.3".to_string(), 3))
         );
+    }
+
+    #[test]
+    fn a_host_backup_dir_is_mounted_at_its_own_path_and_a_digest_marks_the_pods() {
+        let overrides = Overrides {
+            host_backup_dir: Some("/var/lib/etcd-backups".into()),
+            image_digest: Some("sha256:abc".into()),
+            ..Overrides::default()
+        };
+        let deployment = operator(&install_plan(&overrides).expect("plan"));
+        let template = deployment.spec.expect("spec").template;
+        let annotations = template.metadata.and_then(|m| m.annotations);
+        assert_eq!(
+            annotations.and_then(|a| a.get(IMAGE_DIGEST_ANNOTATION).cloned()),
+            Some("sha256:abc".to_string())
+        );
+        let pod = template.spec.expect("pod spec");
+        let volume = pod
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .find(|v| v.name == BACKUP_VOLUME)
+            .expect("the backup volume");
+        assert_eq!(
+            volume.host_path.map(|h| (h.path, h.type_)),
+            Some(("/var/lib/etcd-backups".into(), Some("Directory".into())))
+        );
+        let container = pod
+            .containers
+            .iter()
+            .find(|c| c.name == CONTAINER)
+            .expect("container");
+        let mount = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == BACKUP_VOLUME)
+            .expect("the backup mount");
+        assert_eq!(mount.mount_path, "/var/lib/etcd-backups");
+        assert!(absolute_dir("relative/dir").is_err());
+        assert!(absolute_dir("/").is_err());
     }
 
     #[test]

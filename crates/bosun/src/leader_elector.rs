@@ -206,7 +206,7 @@ fn leader_readiness(state: &LeaderState) -> Result<(), String> {
 /// Parses a duration the way Go's `time.ParseDuration` writes the common
 /// ones: one or more decimal numbers each with a unit of `h`, `m`, `s` or
 /// `ms` (`15s`, `1m30s`, `1.5s`, `300ms`).
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let invalid = || format!("invalid duration {text:?}: expected e.g. 15s, 1m30s, 300ms");
     if text.is_empty() {
         return Err(invalid());

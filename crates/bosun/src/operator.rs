@@ -5,12 +5,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use bosun_etcd::telemetry::{EtcdMetrics, Telemetry};
 use bosun_runtime::leader_election::ElectionConfig;
 use bosun_runtime::manager::Manager;
 use clap::Args;
+
+use crate::leader_elector::parse_duration;
 use tokio_util::sync::CancellationToken;
 
 /// Options of `bosun operator`.
@@ -29,6 +32,17 @@ pub struct OperatorArgs {
     /// The Lease's namespace [default: $POD_NAMESPACE, else bosun-system].
     #[arg(long)]
     lease_namespace: Option<String>,
+    /// How long the standbys honour a Lease that stopped being renewed
+    /// (whole seconds): the longest hand-over after a leader dies.
+    #[arg(long, value_name = "DURATION", default_value = "8s", value_parser = parse_duration)]
+    lease_duration: Duration,
+    /// How long the leader keeps failing to renew before it stops its controllers.
+    #[arg(long, value_name = "DURATION", default_value = "6s", value_parser = parse_duration)]
+    renew_deadline: Duration,
+    /// How often the leader renews and the standbys try to acquire: the
+    /// longest hand-over after a leader releases the Lease on shutdown.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    retry_period: Duration,
     /// Where /healthz, /readyz and /metrics are served.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -61,7 +75,10 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
                 .lease_namespace
                 .or_else(|| std::env::var("POD_NAMESPACE").ok())
                 .unwrap_or_else(|| "bosun-system".to_string());
-            let config = ElectionConfig::new(namespace, args.lease_name, identity());
+            let mut config = ElectionConfig::new(namespace, args.lease_name, identity());
+            config.lease_duration = args.lease_duration;
+            config.renew_deadline = args.renew_deadline;
+            config.retry_period = args.retry_period;
             manager = manager
                 .with_leader_election(client.clone(), config)
                 .context("configuring leader election")?;

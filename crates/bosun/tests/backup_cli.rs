@@ -11,12 +11,12 @@
 //! Backups go to the `file` backend under the temporary directory: the dev
 //! cluster's operator runs on this host.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
 use bosun_api::{EtcdBackup, EtcdCluster};
-use bosun_devcluster::fixture::TestCluster;
+use bosun_devcluster::fixture::{BackupDir, TestCluster};
 use bosun_devcluster::readiness::wait_until;
 use kube::Api;
 use kube::api::PostParams;
@@ -26,23 +26,6 @@ const DEADLINE: Duration = Duration::from_secs(180);
 const POLL: Duration = Duration::from_millis(250);
 /// Once a year: never during a test.
 const DORMANT_SCHEDULE: &str = "0 0 1 1 *";
-
-/// A directory for one test's backups, removed at the end.
-struct BackupDir(PathBuf);
-
-impl BackupDir {
-    fn new(test: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("bosun-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        BackupDir(path)
-    }
-}
-
-impl Drop for BackupDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Runs the built `bosun` with the cluster's kubeconfig, within a deadline.
 async fn bosun(cluster: &TestCluster, args: &[&str]) -> Output {
@@ -145,7 +128,7 @@ async fn dormant_backup(
 async fn backup_now_stores_a_backup_that_list_shows() {
     let cluster = TestCluster::connect().await;
     let ns = cluster.namespace("backup-cli-now").await;
-    let dir = BackupDir::new("backup-cli-now");
+    let dir = BackupDir::new(&cluster, "backup-cli-now");
     size_one_cluster(&cluster, &ns.name, "source").await;
 
     // No EtcdBackup yet: nothing to list, and nowhere to put a backup.
@@ -258,7 +241,7 @@ async fn backup_now_stores_a_backup_that_list_shows() {
 async fn backup_now_that_fails_exits_non_zero_with_the_reason_and_list_shows_it() {
     let cluster = TestCluster::connect().await;
     let ns = cluster.namespace("backup-cli-fail").await;
-    let dir = BackupDir::new("backup-cli-fail");
+    let dir = BackupDir::new(&cluster, "backup-cli-fail");
     // An EtcdBackup of a cluster that does not exist: every run fails.
     dormant_backup(&cluster, &ns.name, "ghost-nightly", "ghost", &dir.0).await;
 

@@ -40,8 +40,10 @@ pub struct UpOptions {
     pub tools_dir: PathBuf,
     /// The bosun binary to put into the operator image, if any.
     pub bosun_binary: Option<PathBuf>,
-    /// Run `bosun operator` (this binary) against the cluster once it is ready.
-    pub operator: bool,
+    /// Run `bosun operator` (this binary) on this host, as a supervised
+    /// process, against the cluster once it is ready. (The usual way, the
+    /// operator in the cluster, is installed by the caller once `up` returns.)
+    pub host_operator: bool,
 }
 
 /// What can stop `bosun dev up`.
@@ -237,6 +239,7 @@ pub struct RunningCluster {
     components: Vec<Supervised>,
     status: StatusTable,
     provisioner: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    operator_image: Option<image::BuiltImage>,
 }
 
 impl RunningCluster {
@@ -248,6 +251,16 @@ impl RunningCluster {
     /// The components' state.
     pub fn status(&self) -> &StatusTable {
         &self.status
+    }
+
+    /// The bosun image imported into containerd, when a bosun binary was given.
+    pub fn operator_image(&self) -> Option<&image::BuiltImage> {
+        self.operator_image.as_ref()
+    }
+
+    /// Where `file` backups go (see [`Layout::backups`]).
+    pub fn backups_dir(&self) -> PathBuf {
+        self.dev.layout.backups()
     }
 
     /// Stops the components in reverse order and removes everything from the host.
@@ -313,6 +326,7 @@ pub async fn up(opts: &UpOptions) -> Result<RunningCluster, DevError> {
         }
     }
     check_state_stamp(&layout, &tools)?;
+    create_backups_dir(&layout.backups())?;
     std::fs::create_dir_all(layout.run()).map_err(io_error(&layout.run()))?;
     std::fs::write(dev.pid_file(), std::process::id().to_string())
         .map_err(io_error(&dev.pid_file()))?;
@@ -374,6 +388,10 @@ pub async fn up(opts: &UpOptions) -> Result<RunningCluster, DevError> {
         components: vec![],
         status: status.clone(),
         provisioner: None,
+        operator_image: images
+            .iter()
+            .find(|i| i.name == image::BOSUN_IMAGE)
+            .cloned(),
     };
     let result = start_components(&mut running, &files, &images, &admin_src).await;
     if let Err(e) = result {
@@ -381,7 +399,7 @@ pub async fn up(opts: &UpOptions) -> Result<RunningCluster, DevError> {
         running.stop().await;
         return Err(e);
     }
-    if opts.operator
+    if opts.host_operator
         && let Some(bosun) = &opts.bosun_binary
     {
         tracing::info!("starting the bosun operator");
@@ -409,6 +427,22 @@ pub async fn up(opts: &UpOptions) -> Result<RunningCluster, DevError> {
         std::fs::copy(&admin_src, extra).map_err(io_error(extra))?;
     }
     Ok(running)
+}
+
+/// The user the operator's container runs as (`runAsUser` in
+/// deploy/operator/deployment.yaml).
+const OPERATOR_UID: u32 = 65532;
+
+/// Makes the `file` backups directory, owned by the operator's user so that
+/// the operator in its pod (not root, no capabilities) can write to it.
+fn create_backups_dir(dir: &Path) -> Result<(), DevError> {
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let operator = Some(nix::unistd::Uid::from_raw(OPERATOR_UID));
+    let group = Some(nix::unistd::Gid::from_raw(OPERATOR_UID));
+    nix::unistd::chown(dir, operator, group).map_err(|e| DevError::Io {
+        path: dir.to_path_buf(),
+        source: e.into(),
+    })
 }
 
 async fn start_components(

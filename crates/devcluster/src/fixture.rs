@@ -9,12 +9,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{DeleteParams, PostParams};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client};
 
 use crate::readiness::wait_until;
 use crate::tools::Tools;
+
+/// Where `bosun dev up` installs the operator, and the Lease its replicas
+/// elect a leader on (deploy/operator).
+pub const OPERATOR_NAMESPACE: &str = "bosun-system";
+const OPERATOR_LEASE: &str = "bosun-operator";
 
 /// A connection to the dev cluster for one test.
 pub struct TestCluster {
@@ -115,6 +122,99 @@ impl TestCluster {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// The holder of the operator's Lease (`bosun-system/bosun-operator`)
+    /// while it is held, with the time of the last transition count.
+    pub async fn operator_lease_holder(&self) -> Result<(Option<String>, i32), String> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), OPERATOR_NAMESPACE);
+        let lease = leases
+            .get_opt(OPERATOR_LEASE)
+            .await
+            .map_err(|e| format!("reading the operator's Lease: {e}"))?;
+        let spec = lease.and_then(|l| l.spec).unwrap_or_default();
+        Ok((
+            spec.holder_identity.filter(|h| !h.is_empty()),
+            spec.lease_transitions.unwrap_or(0),
+        ))
+    }
+
+    /// The operator's pods (of the Deployment `bosun install` makes).
+    pub async fn operator_pods(&self) -> Result<Vec<Pod>, String> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), OPERATOR_NAMESPACE);
+        let list = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/name=bosun-operator"))
+            .await
+            .map_err(|e| format!("listing the operator's pods: {e}"))?;
+        Ok(list.items)
+    }
+
+    /// The operator's pod that holds the Lease, once one does (within `within`).
+    pub async fn operator_leader(&self, within: Duration) -> Result<Pod, String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (holder, _) = self.operator_lease_holder().await?;
+            let pods = self.operator_pods().await?;
+            let leader = holder
+                .as_deref()
+                .and_then(|h| pods.iter().find(|p| p.metadata.name.as_deref() == Some(h)));
+            if let Some(leader) = leader {
+                return Ok(leader.clone());
+            }
+            if tokio::time::Instant::now() > deadline {
+                let names: Vec<_> = pods
+                    .iter()
+                    .filter_map(|p| p.metadata.name.clone())
+                    .collect();
+                return Err(format!(
+                    "no pod of the operator held its Lease within {within:?} (holder {holder:?}, pods {names:?})"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Kills the leading operator's process with SIGKILL from the host (see
+    /// [`kill_container_from_host`]) and returns the pod's name, the host
+    /// PID and the moment of the kill.
+    pub async fn kill_operator_leader(&self) -> Result<(String, i32, Timestamp), String> {
+        let leader = self.operator_leader(Duration::from_secs(60)).await?;
+        let pid = kill_container_from_host(&leader, "operator")?;
+        // After the kill: a renewal stamped later is a live process's.
+        let killed_at = Timestamp::now();
+        Ok((leader.metadata.name.unwrap_or_default(), pid, killed_at))
+    }
+
+    /// Waits until a live process leads the operator: the Lease is renewed
+    /// (or acquired) at or after `since`, which a process killed before it
+    /// cannot do. Returns the holder and how long the wait took.
+    pub async fn wait_for_operator_leader_since(
+        &self,
+        since: Timestamp,
+        within: Duration,
+    ) -> Result<(String, Duration), String> {
+        let started = tokio::time::Instant::now();
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), OPERATOR_NAMESPACE);
+        loop {
+            let spec = leases
+                .get_opt(OPERATOR_LEASE)
+                .await
+                .map_err(|e| format!("reading the operator's Lease: {e}"))?
+                .and_then(|l| l.spec)
+                .unwrap_or_default();
+            let renewed = spec.renew_time.as_ref().is_some_and(|t| t.0 >= since);
+            if let (true, Some(holder)) = (renewed, spec.holder_identity.clone())
+                && !holder.is_empty()
+            {
+                return Ok((holder, started.elapsed()));
+            }
+            if started.elapsed() > within {
+                return Err(format!(
+                    "nobody renewed the operator's Lease within {within:?} of {since}: {spec:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Runs the cluster's own kubectl with the admin kubeconfig.
     pub fn kubectl(&self, args: &[&str]) -> Output {
         let kubectl = self.tools.bin("kubectl").expect("kubectl is built");
@@ -136,6 +236,46 @@ impl TestCluster {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// A directory for one test's `file` backups, below the cluster's backups
+/// directory (which the operator's pods mount at the same path), removed
+/// when dropped. Not created: the operator creates it on its first backup.
+pub struct BackupDir(pub PathBuf);
+
+impl BackupDir {
+    /// The directory of `test`, emptied.
+    pub fn new(cluster: &TestCluster, test: &str) -> Self {
+        let path = crate::layout::Layout::new(cluster.state_dir())
+            .backups()
+            .join(format!("{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        BackupDir(path)
+    }
+
+    /// Every file below the directory, sorted.
+    pub fn files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.0, &mut out);
+        out.sort();
+        out
+    }
+}
+
+impl Drop for BackupDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

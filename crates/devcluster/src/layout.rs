@@ -62,6 +62,15 @@ impl Layout {
         self.data().join("volumes")
     }
 
+    /// The directory `file` backups go to when the operator runs in the
+    /// cluster: mounted at the same path into the operator's pods, so that
+    /// a `file://` location means the same file to the operator, to a
+    /// restore's init container (which reads it through `hostPath`) and to
+    /// a user on this host. Kept with the data.
+    pub fn backups(&self) -> PathBuf {
+        self.data().join("backups")
+    }
+
     /// The object store's S3 credentials (made once, kept with the data).
     pub fn s3_credentials(&self) -> PathBuf {
         self.data().join("s3-credentials.json")

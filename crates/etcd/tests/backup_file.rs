@@ -1,5 +1,6 @@
 //! EtcdBackup to the `file` backend, a directory the operator writes (the
-//! dev cluster's operator runs on this host): a one-shot backup is stored,
+//! dev cluster mounts its backups directory into the operator's pods at the
+//! same path): a one-shot backup is stored,
 //! verified and readable by etcd's own tools; a schedule with retention
 //! keeps exactly its newest backups and its status history matches the
 //! directory; a backup of a cluster that cannot serve fails with a message.
@@ -10,7 +11,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use bosun_api::{EtcdBackup, EtcdCluster};
-use bosun_devcluster::fixture::TestCluster;
+use bosun_devcluster::fixture::{BackupDir, TestCluster};
 use bosun_devcluster::readiness::wait_until;
 use common::{
     DEADLINE, POLL, backup_condition as condition, etcd_client,
@@ -19,41 +20,6 @@ use common::{
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use sha2::{Digest, Sha256};
-
-/// A directory for one test's backups, removed at the end.
-struct BackupDir(PathBuf);
-
-impl BackupDir {
-    fn new(test: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("bosun-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        BackupDir(path)
-    }
-
-    /// Every file below the directory, relative names.
-    fn files(&self) -> Vec<PathBuf> {
-        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                let path = entry.path();
-                if path.is_dir() {
-                    walk(&path, out);
-                } else {
-                    out.push(path);
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(&self.0, &mut out);
-        out.sort();
-        out
-    }
-}
-
-impl Drop for BackupDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 async fn size_one_cluster(cluster: &TestCluster, ns: &str, keys: usize) -> Api<EtcdCluster> {
     let api: Api<EtcdCluster> = Api::namespaced(cluster.client.clone(), ns);
@@ -104,7 +70,7 @@ fn sha256_hex(path: &Path) -> String {
 async fn one_shot_backup_is_stored_verified_and_readable_by_etcdutl() {
     let cluster = TestCluster::connect().await;
     let ns = cluster.namespace("backup-file-once").await;
-    let dir = BackupDir::new("backup-once");
+    let dir = BackupDir::new(&cluster, "backup-once");
     size_one_cluster(&cluster, &ns.name, 200).await;
     let backups: Api<EtcdBackup> = Api::namespaced(cluster.client.clone(), &ns.name);
     backups
@@ -169,7 +135,7 @@ async fn one_shot_backup_is_stored_verified_and_readable_by_etcdutl() {
 async fn schedule_with_retention_keeps_the_newest_two_and_status_matches_the_directory() {
     let cluster = TestCluster::connect().await;
     let ns = cluster.namespace("backup-file-schedule").await;
-    let dir = BackupDir::new("backup-schedule");
+    let dir = BackupDir::new(&cluster, "backup-schedule");
     size_one_cluster(&cluster, &ns.name, 50).await;
     let backups: Api<EtcdBackup> = Api::namespaced(cluster.client.clone(), &ns.name);
     // Every 5 s (croner's optional seconds field), keeping 2.
@@ -253,7 +219,7 @@ async fn schedule_with_retention_keeps_the_newest_two_and_status_matches_the_dir
 async fn backups_of_a_missing_or_stopped_cluster_fail_with_a_message() {
     let cluster = TestCluster::connect().await;
     let ns = cluster.namespace("backup-file-fail").await;
-    let dir = BackupDir::new("backup-fail");
+    let dir = BackupDir::new(&cluster, "backup-fail");
     let backups: Api<EtcdBackup> = Api::namespaced(cluster.client.clone(), &ns.name);
 
     // No such cluster.

@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use bosun_api::{EtcdBackup, EtcdCluster, EtcdRestore};
-use bosun_devcluster::fixture::TestCluster;
+use bosun_devcluster::fixture::{BackupDir, TestCluster};
 use bosun_devcluster::readiness::wait_until;
 use common::{
     DEADLINE, POLL, backup_condition, count_keys, etcd_client, member_pods, wait_for_backup_phase,
@@ -334,13 +334,16 @@ async fn wrong_credentials_and_a_missing_bucket_fail_with_a_message_and_no_secre
                 .map(|c| c.message),
         );
     }
-    // The operator's own log, where the dev cluster keeps it.
-    let log = cluster
-        .kubeconfig
-        .parent()
-        .map(|dir| dir.join("logs/bosun-operator.log"))
-        .and_then(|path| std::fs::read_to_string(path).ok())
-        .unwrap_or_default();
+    // The operator's own logs, of every replica (the leader did the work).
+    let log = cluster.kubectl_ok(&[
+        "-n",
+        "bosun-system",
+        "logs",
+        "-l",
+        "app.kubernetes.io/name=bosun-operator",
+        "--tail=-1",
+    ]);
+    assert!(!log.is_empty(), "the operator's pods logged nothing");
     texts.push(log);
     for text in &texts {
         assert!(!text.contains(wrong_key), "wrong secret key leaked: {text}");
@@ -352,8 +355,7 @@ async fn wrong_credentials_and_a_missing_bucket_fail_with_a_message_and_no_secre
 async fn corrupt_and_truncated_snapshots_are_refused_and_the_cluster_is_untouched() {
     let cluster = TestCluster::connect().await;
     let ns = cluster.namespace("restore-corrupt").await;
-    let dir = std::env::temp_dir().join(format!("bosun-restore-corrupt-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = BackupDir::new(&cluster, "restore-corrupt");
     let clusters: Api<EtcdCluster> = Api::namespaced(cluster.client.clone(), &ns.name);
     clusters
         .create(&PostParams::default(), &cluster_object(&ns.name, 1, None))
@@ -366,7 +368,7 @@ async fn corrupt_and_truncated_snapshots_are_refused_and_the_cluster_is_untouche
     let backup: EtcdBackup = serde_json::from_value(serde_json::json!({
         "apiVersion": "etcd.bosun.dev/v1alpha1", "kind": "EtcdBackup",
         "metadata": {"name": "file", "namespace": ns.name},
-        "spec": {"clusterName": "db", "storage": {"file": {"path": dir.display().to_string()}}},
+        "spec": {"clusterName": "db", "storage": {"file": {"path": dir.0.display().to_string()}}},
     }))
     .expect("backup");
     backups
@@ -480,5 +482,4 @@ async fn corrupt_and_truncated_snapshots_are_refused_and_the_cluster_is_untouche
     tokio::time::timeout(Duration::from_secs(10), assert_exactly_keys(&mut etcd, 400))
         .await
         .expect("keys readable");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,7 +1,8 @@
-//! Killing the operator in the middle of an operation: after the restart it
-//! finishes correctly, because every step is decided from observed state.
-//! The dev cluster runs `bosun operator` as a supervised process, which is
-//! what restarts it here after a `kill -9`.
+//! Killing the leading operator in the middle of an operation (`kill -9`
+//! of its process in its pod, from the host): a live process leads again
+//! within the lease duration (the standby replica, or the killed pod's
+//! restarted container) and finishes the operation correctly, because every
+//! step is decided from observed state.
 
 mod common;
 
@@ -10,23 +11,30 @@ use std::time::Duration;
 use bosun_api::EtcdCluster;
 use bosun_devcluster::fixture::TestCluster;
 use bosun_devcluster::readiness::wait_until;
-use bosun_devcluster::supervisor::processes_using;
 use common::{DEADLINE, POLL, count_keys, etcd_client, wait_for_members};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 
-fn kill_operator(cluster: &TestCluster) -> i32 {
-    let state_dir = cluster.kubeconfig.parent().expect("state dir");
-    let (pid, _) = processes_using(state_dir)
-        .into_iter()
-        .find(|(_, cmdline)| cmdline.contains(" operator --kubeconfig"))
-        .expect("the dev cluster runs the operator");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill -9");
-    pid
+/// How long the operator's standby waits for a Lease that stopped being
+/// renewed (`bosun operator --lease-duration`'s default), plus a retry
+/// period with its jitter and room for a busy API server.
+const HAND_OVER: Duration = Duration::from_secs(8 + 2 + 5);
+
+/// Kills the leading operator's process (`kill -9` from the host) and waits
+/// until a live process leads again: the standby once the Lease expires, or
+/// the killed pod's restarted container, which finds its own name in the
+/// Lease. Returns the killed pod and the new holder.
+async fn kill_operator(cluster: &TestCluster) -> (String, String) {
+    let (pod, pid, killed_at) = cluster
+        .kill_operator_leader()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (holder, took) = cluster
+        .wait_for_operator_leader_since(killed_at, HAND_OVER)
+        .await
+        .unwrap_or_else(|e| panic!("after kill -9 of {pod} (pid {pid}): {e}"));
+    eprintln!("killed the leading operator {pod} (pid {pid}); {holder} leads {took:?} later");
+    (pod, holder)
 }
 
 /// Waits until `check` holds for the cluster's status, then kills the operator.
@@ -47,8 +55,8 @@ async fn kill_operator_when(
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    let pid = kill_operator(cluster);
-    eprintln!("killed the operator (pid {pid}) once {what}");
+    let (pod, holder) = kill_operator(cluster).await;
+    eprintln!("killed {pod} once {what}; {holder} leads");
 }
 
 #[tokio::test]
@@ -202,8 +210,8 @@ async fn operator_killed_during_an_upload_leaves_no_partial_backup_and_the_next_
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    let pid = kill_operator(&cluster);
-    eprintln!("killed the operator (pid {pid}) during the upload");
+    let (pod, holder) = kill_operator(&cluster).await;
+    eprintln!("killed {pod} during the upload; {holder} leads");
 
     let done = common::wait_for_backup_phase(&backups, "interrupted", "Succeeded").await;
     let status = done.status.clone().expect("status");

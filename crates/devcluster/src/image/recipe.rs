@@ -206,6 +206,13 @@ pub(crate) fn bosun(
         });
     }
     let mut entries = base_entries(busybox);
+    // Searchable (not readable) by nonroot: a host directory mounted at its
+    // own path below /root, as the dev cluster mounts the `file` backups
+    // directory of its default state dir, must be reachable by the
+    // operator, which runs as nonroot.
+    for entry in entries.iter_mut().filter(|e| e.path == "/root") {
+        *entry = Entry::dir("/root", 0o711);
+    }
     entries.push(Entry::file(binary, "/usr/local/bin/bosun", 0o755));
     // The CA bundle: object storage over HTTPS (and any TLS client in the
     // operator) verifies servers against it; without one, reqwest's
