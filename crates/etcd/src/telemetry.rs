@@ -129,12 +129,15 @@ impl EtcdMetrics {
             .get_or_create(labels)
             .set(i64::try_from(healthy).unwrap_or(i64::MAX));
         self.db_size.get_or_create(labels).set(db_size);
+        // The counter exists (at 0) from the first observation, so that
+        // `increase()` over it works before the first change.
+        let changes = self.leader_changes.get_or_create(labels);
         if let Some(leader) = leader.filter(|l| *l != 0)
             && let Ok(mut last) = self.last_leader.lock()
         {
             let previous = last.insert(labels.clone(), leader);
             if previous.is_some_and(|p| p != leader) {
-                self.leader_changes.get_or_create(labels).inc();
+                changes.inc();
             }
         }
     }
