@@ -43,6 +43,10 @@ pub struct OperatorArgs {
     /// longest hand-over after a leader releases the Lease on shutdown.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     retry_period: Duration,
+    /// Watch the Lease while standing by, to take it at once when the
+    /// leader releases it (false: only try every retry period, as client-go).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    watch_lease: bool,
     /// Where /healthz, /readyz and /metrics are served.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -79,6 +83,7 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
             config.lease_duration = args.lease_duration;
             config.renew_deadline = args.renew_deadline;
             config.retry_period = args.retry_period;
+            config.watch_lease = args.watch_lease;
             manager = manager
                 .with_leader_election(client.clone(), config)
                 .context("configuring leader election")?;

@@ -516,7 +516,7 @@ async fn the_example_manifests_pass_the_api_servers_dry_run() {
         serde_json::json!([{
             "apiGroups": ["coordination.k8s.io"],
             "resources": ["leases"],
-            "verbs": ["get", "create", "update"],
+            "verbs": ["get", "list", "watch", "create", "update"],
         }]),
         "exactly the Lease verbs the elector uses"
     );

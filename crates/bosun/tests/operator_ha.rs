@@ -28,7 +28,6 @@ use std::time::Duration;
 use bosun_api::EtcdCluster;
 use bosun_devcluster::fixture::{OPERATOR_NAMESPACE, TestCluster};
 use bosun_devcluster::readiness::wait_until;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
@@ -83,42 +82,11 @@ fn reconciles(samples: &[Sample]) -> f64 {
         .sum()
 }
 
-/// Waits until the Deployment's two replicas run its current spec, are
-/// ready, and no other pod of it is still there (a deleted one stopping).
 async fn wait_for_two_ready_replicas(cluster: &TestCluster) -> Vec<Pod> {
-    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), OPERATOR_NAMESPACE);
-    wait_until(
-        "two ready operator replicas",
-        ROLLOUT,
-        Duration::from_millis(200),
-        || async {
-            let status = deployments
-                .get("bosun-operator")
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .unwrap_or_default();
-            let pods = cluster.operator_pods().await?;
-            let ready = pods.iter().filter(|p| is_ready(p)).count();
-            Ok(status.replicas == Some(2)
-                && status.available_replicas == Some(2)
-                && status.updated_replicas == Some(2)
-                && pods.len() == 2
-                && ready == 2)
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    cluster.operator_pods().await.expect("operator pods")
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    cluster
+        .wait_for_operator_replicas(2, ROLLOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Exactly one of the two replicas leads and says so; the other says it

@@ -113,6 +113,10 @@ const LEADER_ELECTION_ROLE: &[(&str, &str, &str)] = &[
     ("coordination.k8s.io", "leases", "get"),
     // lock.rs `create`: api.create, when there is no Lease yet.
     ("coordination.k8s.io", "leases", "create"),
+    // lock.rs `freed`: watcher::watch_object(api, name), a list and a
+    // watch with the field selector metadata.name=<the Lease>.
+    ("coordination.k8s.io", "leases", "list"),
+    ("coordination.k8s.io", "leases", "watch"),
     // lock.rs `update`: api.replace over the resourceVersion read (renew,
     // take over, release on shutdown).
     ("coordination.k8s.io", "leases", "update"),

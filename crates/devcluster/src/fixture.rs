@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::jiff::Timestamp;
@@ -22,6 +23,17 @@ use crate::tools::Tools;
 /// elect a leader on (deploy/operator).
 pub const OPERATOR_NAMESPACE: &str = "bosun-system";
 const OPERATOR_LEASE: &str = "bosun-operator";
+const OPERATOR_DEPLOYMENT: &str = "bosun-operator";
+
+/// Whether a pod is Ready and not being deleted.
+fn is_ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
 
 /// A connection to the dev cluster for one test.
 pub struct TestCluster {
@@ -145,6 +157,40 @@ impl TestCluster {
             .await
             .map_err(|e| format!("listing the operator's pods: {e}"))?;
         Ok(list.items)
+    }
+
+    /// Waits until the operator's Deployment runs `replicas` ready pods of
+    /// its current spec and no other pod (none still stopping), and returns
+    /// them.
+    pub async fn wait_for_operator_replicas(
+        &self,
+        replicas: i32,
+        within: Duration,
+    ) -> Result<Vec<Pod>, String> {
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), OPERATOR_NAMESPACE);
+        wait_until(
+            &format!("{replicas} ready replicas of the operator"),
+            within,
+            Duration::from_millis(200),
+            || async {
+                let deployment = deployments
+                    .get(OPERATOR_DEPLOYMENT)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let status = deployment.status.unwrap_or_default();
+                let pods = self.operator_pods().await?;
+                let ready = pods.iter().filter(|p| is_ready(p)).count();
+                Ok(status.observed_generation >= deployment.metadata.generation
+                    && status.replicas == Some(replicas)
+                    && status.updated_replicas == Some(replicas)
+                    && status.available_replicas == Some(replicas)
+                    && pods.len() == ready
+                    && i32::try_from(ready) == Ok(replicas))
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        self.operator_pods().await
     }
 
     /// The operator's pod that holds the Lease, once one does (within `within`).

@@ -265,6 +265,41 @@ async fn a_cancelled_leader_hands_over_within_a_retry_period() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watching_candidate_takes_a_released_lease_at_once_not_on_its_next_retry() {
+    logs();
+    let cluster = TestCluster::connect().await;
+    let ns = cluster.namespace("a_watching_candidate").await;
+    // A retry period far longer than the hand-over allowed below: b's next
+    // attempt after its first is at least 10 s away, so only the watch can
+    // make it lead sooner.
+    let slow = |identity: &str| {
+        let mut config = config(&ns.name, LEASE_NAME, identity, true);
+        config.lease_duration = Duration::from_secs(30);
+        config.renew_deadline = Duration::from_secs(25);
+        config.retry_period = Duration::from_secs(10);
+        config
+    };
+    let a = Candidate::start(cluster.client.clone(), slow("a"));
+    eventually("a leads", LEASE, || a.leads()).await;
+    let b = Candidate::start(cluster.client.clone(), slow("b"));
+    eventually("b names a as leader", LEASE, || {
+        b.state().leader.as_deref() == Some("a")
+    })
+    .await;
+
+    let cancelled = Instant::now();
+    assert_eq!(a.stop().await, Ok(()));
+    let took_over = eventually("b leads", Duration::from_secs(10), || b.leads()).await;
+    let handover = took_over - cancelled;
+    println!("handover after release, watching: {handover:?}");
+    assert!(
+        handover < Duration::from_secs(2),
+        "handover took {handover:?}: the watch did not wake b"
+    );
+    assert_eq!(b.stop().await, Ok(()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_released_lease_names_no_holder() {
     logs();
     let cluster = TestCluster::connect().await;

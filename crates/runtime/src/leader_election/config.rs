@@ -58,11 +58,17 @@ pub struct ElectionConfig {
     ///
     /// [`LeaderElector`]: super::LeaderElector
     pub release_on_cancel: bool,
+    /// Whether a waiting candidate also watches the Lease (a list and watch
+    /// of that one name) and tries at once when it is released, instead of
+    /// on its next retry. Needs `list` and `watch` on the Lease; without
+    /// them it logs a warning once and relies on its retries. client-go
+    /// only polls; the default here is `true`.
+    pub watch_lease: bool,
 }
 
 impl ElectionConfig {
-    /// A configuration with client-go's default durations (15 s, 10 s, 2 s)
-    /// and no release on cancel.
+    /// A configuration with client-go's default durations (15 s, 10 s, 2 s),
+    /// no release on cancel, and a watch on the Lease.
     pub fn new(
         namespace: impl Into<String>,
         lease_name: impl Into<String>,
@@ -76,6 +82,7 @@ impl ElectionConfig {
             renew_deadline: DEFAULT_RENEW_DEADLINE,
             retry_period: DEFAULT_RETRY_PERIOD,
             release_on_cancel: false,
+            watch_lease: true,
         }
     }
 

@@ -7,6 +7,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::pin::pin;
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use serde::Serialize;
@@ -208,9 +209,13 @@ impl LeaderElector {
         }
     }
 
-    /// Tries to acquire every `retry_period` (jittered) until it succeeds or
-    /// `cancel` fires. Returns when the successful attempt started.
+    /// Tries to acquire every `retry_period` (jittered), and at once when a
+    /// watch sees the Lease freed, until it succeeds or `cancel` fires. Returns when the successful attempt started.
     async fn acquire(&mut self, cancel: &CancellationToken) -> Option<Instant> {
+        // A release wakes the wait below at once (client-go waits for its
+        // next retry), so a graceful hand-over takes one round trip.
+        let watch = self.config.watch_lease.then(|| self.lock.freed());
+        let mut freed = pin!(futures::stream::iter(watch).flatten());
         loop {
             if cancel.is_cancelled() {
                 return None;
@@ -238,6 +243,9 @@ impl LeaderElector {
             tokio::select! {
                 () = cancel.cancelled() => return None,
                 () = sleep(jittered(self.config.retry_period)) => {}
+                Some(()) = freed.next() => {
+                    debug!(lease = %self.config.lease_key(), "the Lease is free; trying at once");
+                }
             }
         }
     }
