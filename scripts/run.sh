@@ -16,7 +16,9 @@ state=${BOSUN_DEV_STATE_DIR:-$HOME/.bosun/dev}
 export KUBECONFIG=$state/kubeconfig
 kubectl=$tools/bin/kubectl
 
-if target/debug/bosun dev status --state-dir "$state" | grep -q '^running'; then
+# The status is read whole first: `grep -q` would close the pipe early.
+status=$(target/debug/bosun dev status --state-dir "$state")
+if [[ $status == running* ]]; then
   echo "==> bosun dev is already running"
 else
   echo "==> bosun dev up"
@@ -25,8 +27,9 @@ fi
 
 echo "==> kubectl apply -f examples/etcd-cluster.yaml"
 $kubectl apply -f examples/etcd-cluster.yaml
-echo "==> waiting for the etcd cluster to be Available"
+echo "==> waiting for the etcd cluster to be Available, then for every member"
 $kubectl wait etcd/example --for=condition=Available --timeout=300s
+$kubectl wait etcd/example --for=jsonpath='{.status.phase}'=Running --timeout=300s
 $kubectl get etcd example
 
 # The EtcdBackup example names a Secret of its own namespace: give
