@@ -14,7 +14,7 @@
 //!   container, which finds its own name in the Lease;
 //! - the leader's `/metrics` parse as Prometheus text and carry the
 //!   reconcile, leader-election and etcd series with the values of a real
-//!   EtcdCluster it runs.
+//!   EtcdCluster it runs, and drop that cluster's series once it is deleted.
 //!
 //! After each hand-over the invariants are checked again. Pods are reached
 //! on their IPs from the host (the node).
@@ -262,4 +262,24 @@ async fn the_leaders_metrics_carry_the_reconcile_election_and_etcd_series() {
         value(&samples, "bosun_etcd_leader_changes_total", &labels).is_some(),
         "the leader-change counter exists for the cluster"
     );
+
+    // A deleted cluster's series go (the operator sweeps every 10 s).
+    api.delete("observed", &DeleteParams::default())
+        .await
+        .expect("delete the cluster");
+    wait_until(
+        "the deleted cluster's series to be gone from the leader's metrics",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || async {
+            let leader = cluster.operator_leader(KILL_HAND_OVER).await?;
+            let samples = metrics(&leader).await;
+            Ok(!samples.iter().any(|s| {
+                s.labels.get("namespace") == Some(&ns.name)
+                    && s.labels.get("cluster").map(String::as_str) == Some("observed")
+            }))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 }

@@ -39,7 +39,8 @@ use tokio_util::sync::CancellationToken;
 /// What the operator does in every namespace: (apiGroup, resource, verb).
 /// Each entry names the code that needs it.
 const CLUSTER_ROLE: &[(&str, &str, &str)] = &[
-    // cluster/reconcile.rs `run`: Controller::new(Api::<EtcdCluster>::all).
+    // cluster/reconcile.rs `run`: Controller::new(Api::<EtcdCluster>::all);
+    // `forget_deleted_clusters`: api.list_metadata.
     ("etcd.bosun.dev", "etcdclusters", "list"),
     ("etcd.bosun.dev", "etcdclusters", "watch"),
     // backup/reconcile.rs `take_backup`: clusters.get_opt(cluster_name);

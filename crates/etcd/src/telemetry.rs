@@ -11,7 +11,7 @@
 //! | `bosun_etcd_backup_duration_seconds` | gauge (last success) | `namespace`, `backup` |
 //! | `bosun_etcd_backup_size_bytes` | gauge (last success) | `namespace`, `backup` |
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
@@ -66,6 +66,9 @@ pub struct EtcdMetrics {
     leader_changes: Family<ClusterLabels, Counter>,
     db_size: Family<ClusterLabels, Gauge>,
     last_leader: Arc<Mutex<HashMap<ClusterLabels, u64>>>,
+    /// Every cluster with series, so that those of deleted clusters can be
+    /// found and removed.
+    clusters: Arc<Mutex<HashSet<ClusterLabels>>>,
     backup_last_success: Family<BackupLabels, Gauge<f64, AtomicU64>>,
     backup_duration: Family<BackupLabels, Gauge<f64, AtomicU64>>,
     backup_size: Family<BackupLabels, Gauge>,
@@ -122,6 +125,9 @@ impl EtcdMetrics {
         leader: Option<u64>,
         db_size: i64,
     ) {
+        if let Ok(mut clusters) = self.clusters.lock() {
+            clusters.insert(labels.clone());
+        }
         self.members
             .get_or_create(labels)
             .set(i64::try_from(members).unwrap_or(i64::MAX));
@@ -144,12 +150,26 @@ impl EtcdMetrics {
 
     /// Forgets a deleted cluster's series.
     pub fn forget_cluster(&self, labels: &ClusterLabels) {
+        if let Ok(mut clusters) = self.clusters.lock() {
+            clusters.remove(labels);
+        }
         self.members.remove(labels);
         self.healthy_members.remove(labels);
         self.leader_changes.remove(labels);
         self.db_size.remove(labels);
         if let Ok(mut last) = self.last_leader.lock() {
             last.remove(labels);
+        }
+    }
+
+    /// Forgets the series of every cluster for which `exists` says no.
+    pub fn forget_clusters_unless(&self, exists: impl Fn(&ClusterLabels) -> bool) {
+        let gone: Vec<ClusterLabels> = match self.clusters.lock() {
+            Ok(clusters) => clusters.iter().filter(|l| !exists(l)).cloned().collect(),
+            Err(_) => return,
+        };
+        for labels in &gone {
+            self.forget_cluster(labels);
         }
     }
 
@@ -200,6 +220,22 @@ mod tests {
         etcd.forget_cluster(&labels);
         let text = metrics.encode_prometheus_text().expect("encode");
         assert!(!text.contains(r#"cluster="db""#), "{text}");
+    }
+
+    #[test]
+    fn the_series_of_clusters_that_no_longer_exist_are_forgotten() {
+        let metrics = Metrics::new();
+        let etcd = EtcdMetrics::register(&metrics);
+        let labels = |cluster: &str| ClusterLabels {
+            namespace: "ns".into(),
+            cluster: cluster.into(),
+        };
+        etcd.observe_cluster(&labels("kept"), 1, 1, Some(7), 10);
+        etcd.observe_cluster(&labels("gone"), 1, 1, None, 10);
+        etcd.forget_clusters_unless(|l| l.cluster == "kept");
+        let text = metrics.encode_prometheus_text().expect("encode");
+        assert!(text.contains(r#"cluster="kept""#), "{text}");
+        assert!(!text.contains(r#"cluster="gone""#), "{text}");
     }
 
     #[test]

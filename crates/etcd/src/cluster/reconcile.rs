@@ -4,7 +4,7 @@
 //! the operator between any two calls leads to a correct finish after a
 //! restart.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::telemetry::{ClusterLabels, Telemetry};
+use crate::telemetry::{ClusterLabels, EtcdMetrics, Telemetry};
 
 use super::objects::{self, InitialState, MemberPodParams, SeedRestore};
 use super::plan::{self, Desired, MemberView, Observed, PodView, RemoveReason, Step};
@@ -54,7 +54,7 @@ pub struct Context {
     /// Publishes Events on EtcdClusters.
     pub recorder: Recorder,
     /// The etcd series of `/metrics`.
-    pub metrics: crate::telemetry::EtcdMetrics,
+    pub metrics: EtcdMetrics,
 }
 
 /// Why a pass failed; the controller retries with back-off.
@@ -89,6 +89,11 @@ pub async fn run(client: Client, shutdown: CancellationToken, telemetry: Telemet
     )
     .owns(Api::<Pod>::all(client.clone()), owned.clone())
     .owns(Api::<PersistentVolumeClaim>::all(client), owned);
+    tokio::spawn(forget_deleted_clusters(
+        context.client.clone(),
+        context.metrics.clone(),
+        shutdown.clone(),
+    ));
     controller::drive(
         clusters,
         shutdown,
@@ -98,6 +103,47 @@ pub async fn run(client: Client, shutdown: CancellationToken, telemetry: Telemet
         context,
     )
     .await;
+}
+
+/// How often the series of deleted clusters are looked for.
+const FORGET_PERIOD: Duration = Duration::from_secs(10);
+
+/// Removes the metric series of clusters that are gone. A deleted cluster
+/// gets no reconcile (its members go by garbage collection), so the
+/// clusters with series are compared with a list of the existing ones (names
+/// only) every [`FORGET_PERIOD`].
+async fn forget_deleted_clusters(
+    client: Client,
+    metrics: EtcdMetrics,
+    shutdown: CancellationToken,
+) {
+    let api = Api::<EtcdCluster>::all(client);
+    tracing::debug!("removing the series of deleted clusters every {FORGET_PERIOD:?}");
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(FORGET_PERIOD) => {}
+        }
+        let existing: HashSet<(String, String)> =
+            match api.list_metadata(&ListParams::default()).await {
+                Ok(list) => list
+                    .items
+                    .iter()
+                    .map(|c| (c.namespace().unwrap_or_default(), c.name_any()))
+                    .collect(),
+                Err(e) => {
+                    tracing::debug!("listing clusters to find deleted ones: {e}");
+                    continue;
+                }
+            };
+        metrics.forget_clusters_unless(|labels| {
+            let exists = existing.contains(&(labels.namespace.clone(), labels.cluster.clone()));
+            if !exists {
+                tracing::info!(namespace = %labels.namespace, cluster = %labels.cluster, "the cluster is gone; removing its metric series");
+            }
+            exists
+        });
+    }
 }
 
 /// Retries a failed pass after a short back-off.
