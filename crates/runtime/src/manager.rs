@@ -327,6 +327,10 @@ async fn run_controllers(
 
     let mut failure = None;
     tokio::select! {
+        // Biased: a controller that returns because it was told to stop is
+        // ready at the same moment as the cancellation, and an unbiased
+        // select could take that for a controller that ended on its own.
+        biased;
         () = all.cancelled() => {}
         Some(joined) = tasks.join_next_with_id() => {
             let (id, result) = split(joined);
