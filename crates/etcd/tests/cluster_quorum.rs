@@ -10,7 +10,7 @@ use bosun_devcluster::readiness::wait_until;
 use common::{DEADLINE, POLL, count_keys, etcd_client, member_pods, wait_for_members};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 
 async fn create(api: &Api<EtcdCluster>, ns: &str, name: &str) {
     let object: EtcdCluster = serde_json::from_value(serde_json::json!({
@@ -30,6 +30,16 @@ async fn member_ids(api: &Api<EtcdCluster>, name: &str) -> Vec<String> {
     let mut ids: Vec<String> = status.members.into_iter().map(|m| m.id).collect();
     ids.sort();
     ids
+}
+
+async fn set_paused(api: &Api<EtcdCluster>, paused: bool) {
+    api.patch(
+        "lost",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"paused": paused}})),
+    )
+    .await
+    .expect("pause or resume");
 }
 
 #[tokio::test]
@@ -75,6 +85,32 @@ async fn majority_of_members_lost_with_their_volumes_reports_degraded_and_change
     create(&api, &ns.name, "lost").await;
     let ids = member_ids(&api, "lost").await;
 
+    // Both members go while the operator is paused, so that it finds the
+    // majority lost at once. Between two separate losses it would, rightly,
+    // replace the first member while the other two still had quorum.
+    set_paused(&api, true).await;
+    wait_until(
+        "the operator to acknowledge the pause",
+        DEADLINE,
+        POLL,
+        || {
+            let api = api.clone();
+            async move {
+                let status = api
+                    .get("lost")
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .status
+                    .unwrap_or_default();
+                Ok(status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Progressing" && c.reason == "Paused"))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), &ns.name);
     for pod in member_pods(&cluster, &ns.name, "lost").await.iter().take(2) {
@@ -86,6 +122,12 @@ async fn majority_of_members_lost_with_their_volumes_reports_degraded_and_change
             .await
             .expect("delete pod");
     }
+    wait_until("the two member pods to be gone", DEADLINE, POLL, || async {
+        Ok(member_pods(&cluster, &ns.name, "lost").await.len() == 1)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    set_paused(&api, false).await;
     wait_until("Degraded with reason QuorumLost", DEADLINE, POLL, || {
         let api = api.clone();
         async move {
