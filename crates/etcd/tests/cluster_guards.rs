@@ -9,54 +9,9 @@ use std::collections::BTreeSet;
 
 use bosun_api::EtcdCluster;
 use bosun_devcluster::fixture::TestCluster;
-use bosun_devcluster::readiness::wait_until;
-use common::{DEADLINE, POLL, member_pods, wait_for_members};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use common::{member_pods, wait_for_condition, wait_for_members};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
-
-/// The condition `type_` if the operator has written it for the current generation.
-async fn current_condition(
-    api: &Api<EtcdCluster>,
-    name: &str,
-    type_: &str,
-) -> Result<Option<Condition>, String> {
-    let cluster = api.get(name).await.map_err(|e| e.to_string())?;
-    let generation = cluster.metadata.generation;
-    Ok(cluster.status.and_then(|s| {
-        s.conditions
-            .into_iter()
-            .find(|c| c.type_ == type_ && c.observed_generation == generation)
-    }))
-}
-
-/// Waits until the operator has looked at the current generation and set
-/// condition `type_` to `status` with `reason`; returns its message.
-async fn wait_for_condition(
-    api: &Api<EtcdCluster>,
-    name: &str,
-    type_: &str,
-    status: &str,
-    reason: &str,
-) -> String {
-    wait_until(
-        &format!("{type_}={status} ({reason})"),
-        DEADLINE,
-        POLL,
-        || async move {
-            let condition = current_condition(api, name, type_).await?;
-            Ok(condition.is_some_and(|c| c.status == status && c.reason == reason))
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    current_condition(api, name, type_)
-        .await
-        .ok()
-        .flatten()
-        .map(|c| c.message)
-        .unwrap_or_default()
-}
 
 async fn pod_uids(cluster: &TestCluster, ns: &str, name: &str) -> BTreeSet<String> {
     member_pods(cluster, ns, name)

@@ -7,7 +7,9 @@ mod common;
 use bosun_api::EtcdCluster;
 use bosun_devcluster::fixture::TestCluster;
 use bosun_devcluster::readiness::wait_until;
-use common::{DEADLINE, POLL, count_keys, etcd_client, member_pods, wait_for_members};
+use common::{
+    DEADLINE, POLL, count_keys, etcd_client, member_pods, wait_for_condition, wait_for_members,
+};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -89,28 +91,7 @@ async fn majority_of_members_lost_with_their_volumes_reports_degraded_and_change
     // majority lost at once. Between two separate losses it would, rightly,
     // replace the first member while the other two still had quorum.
     set_paused(&api, true).await;
-    wait_until(
-        "the operator to acknowledge the pause",
-        DEADLINE,
-        POLL,
-        || {
-            let api = api.clone();
-            async move {
-                let status = api
-                    .get("lost")
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .status
-                    .unwrap_or_default();
-                Ok(status
-                    .conditions
-                    .iter()
-                    .any(|c| c.type_ == "Progressing" && c.reason == "Paused"))
-            }
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    wait_for_condition(&api, "lost", "Progressing", "False", "Paused").await;
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), &ns.name);
     for pod in member_pods(&cluster, &ns.name, "lost").await.iter().take(2) {
@@ -128,25 +109,8 @@ async fn majority_of_members_lost_with_their_volumes_reports_degraded_and_change
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     set_paused(&api, false).await;
-    wait_until("Degraded with reason QuorumLost", DEADLINE, POLL, || {
-        let api = api.clone();
-        async move {
-            let status = api
-                .get("lost")
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .unwrap_or_default();
-            Ok(status.conditions.iter().any(|c| {
-                c.type_ == "Degraded"
-                    && c.status == "True"
-                    && c.reason == "QuorumLost"
-                    && c.message.contains("restore")
-            }))
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let message = wait_for_condition(&api, "lost", "Degraded", "True", "QuorumLost").await;
+    assert!(message.contains("restore"), "{message}");
     assert_eq!(
         member_ids(&api, "lost").await,
         ids,

@@ -9,6 +9,7 @@ use bosun_devcluster::readiness::wait_until;
 use bosun_etcd::cluster::objects;
 use etcd_client::{Client as EtcdClient, GetOptions};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
@@ -27,7 +28,7 @@ pub fn example_cluster(namespace: &str) -> String {
 }
 
 pub async fn wait_for_members(api: &Api<EtcdCluster>, name: &str, voters: usize) {
-    wait_until(
+    let outcome = wait_until(
         &format!("{name} to be Available with {voters} healthy voters"),
         DEADLINE,
         POLL,
@@ -67,8 +68,14 @@ pub async fn wait_for_members(api: &Api<EtcdCluster>, name: &str, voters: usize)
                 && status.observed_generation == cluster.metadata.generation)
         },
     )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    .await;
+    if let Err(e) = outcome {
+        // What the operator last said, for whoever reads the failure.
+        let cluster = api.get(name).await.ok();
+        let annotations = cluster.as_ref().map(|c| c.annotations().clone());
+        let status = cluster.and_then(|c| c.status);
+        panic!("{e}\nannotations: {annotations:?}\nlast status: {status:#?}");
+    }
 }
 
 pub async fn member_pods(cluster: &TestCluster, ns: &str, name: &str) -> Vec<Pod> {
@@ -145,4 +152,47 @@ pub fn backup_condition<'a>(
         .conditions
         .iter()
         .find(|c| c.type_ == type_)
+}
+
+/// The condition `type_` if the operator has written it for the current generation.
+pub async fn current_condition(
+    api: &Api<EtcdCluster>,
+    name: &str,
+    type_: &str,
+) -> Result<Option<Condition>, String> {
+    let cluster = api.get(name).await.map_err(|e| e.to_string())?;
+    let generation = cluster.metadata.generation;
+    Ok(cluster.status.and_then(|s| {
+        s.conditions
+            .into_iter()
+            .find(|c| c.type_ == type_ && c.observed_generation == generation)
+    }))
+}
+
+/// Waits until the operator has looked at the current generation and set
+/// condition `type_` to `status` with `reason`; returns its message.
+pub async fn wait_for_condition(
+    api: &Api<EtcdCluster>,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: &str,
+) -> String {
+    wait_until(
+        &format!("{type_}={status} ({reason})"),
+        DEADLINE,
+        POLL,
+        || async move {
+            let condition = current_condition(api, name, type_).await?;
+            Ok(condition.is_some_and(|c| c.status == status && c.reason == reason))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    current_condition(api, name, type_)
+        .await
+        .ok()
+        .flatten()
+        .map(|c| c.message)
+        .unwrap_or_default()
 }
