@@ -82,30 +82,10 @@ impl Drop for ServiceAccountKubeconfig {
 fn service_account_kubeconfig(cluster: &TestCluster, ns: &str) -> ServiceAccountKubeconfig {
     let rbac = examples_dir().join("rbac.yaml");
     cluster.kubectl_ok(&["apply", "-n", ns, "-f", &rbac.to_string_lossy()]);
-    let token = cluster.kubectl_ok(&[
-        "create",
-        "token",
-        "leader-elector",
-        "-n",
-        ns,
-        "--duration=1h",
-    ]);
-    let admin = std::fs::read_to_string(&cluster.kubeconfig).expect("admin kubeconfig");
-    let mut config: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(&admin).expect("admin kubeconfig is YAML");
-    let users = config
-        .get_mut("users")
-        .and_then(|u| u.as_sequence_mut())
-        .expect("kubeconfig users");
-    for user in users {
-        let mut credentials = serde_yaml_ng::Mapping::new();
-        credentials.insert("token".into(), token.trim().into());
-        user["user"] = serde_yaml_ng::Value::Mapping(credentials);
-    }
     let path = std::env::temp_dir().join(format!("bosun-test-{ns}.kubeconfig"));
     std::fs::write(
         &path,
-        serde_yaml_ng::to_string(&config).expect("kubeconfig serialises"),
+        cluster.service_account_kubeconfig(ns, "leader-elector"),
     )
     .expect("write the kubeconfig");
     ServiceAccountKubeconfig { path }

@@ -597,27 +597,7 @@ async fn the_service_account_may_do_what_the_code_uses_and_no_more() {
 
 /// A client that authenticates with a token of the copy's ServiceAccount.
 async fn service_account_client(cluster: &TestCluster, ns: &str) -> Client {
-    let token = cluster.kubectl_ok(&[
-        "create",
-        "token",
-        "bosun-operator",
-        "-n",
-        ns,
-        "--duration=1h",
-    ]);
-    let admin = std::fs::read_to_string(&cluster.kubeconfig).expect("admin kubeconfig");
-    let mut config: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(&admin).expect("admin kubeconfig is YAML");
-    for user in config
-        .get_mut("users")
-        .and_then(|u| u.as_sequence_mut())
-        .expect("kubeconfig users")
-    {
-        let mut credentials = serde_yaml_ng::Mapping::new();
-        credentials.insert("token".into(), token.trim().into());
-        user["user"] = serde_yaml_ng::Value::Mapping(credentials);
-    }
-    let text = serde_yaml_ng::to_string(&config).expect("kubeconfig serialises");
+    let text = cluster.service_account_kubeconfig(ns, "bosun-operator");
     let kubeconfig = Kubeconfig::from_yaml(&text).expect("kubeconfig parses");
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await

@@ -261,6 +261,26 @@ impl TestCluster {
         }
     }
 
+    /// The admin kubeconfig with every user's credentials replaced by a
+    /// one-hour token of ServiceAccount `account` in `ns`: a kubeconfig (as
+    /// YAML) that acts with exactly that account's RBAC.
+    pub fn service_account_kubeconfig(&self, ns: &str, account: &str) -> String {
+        let token = self.kubectl_ok(&["create", "token", account, "-n", ns, "--duration=1h"]);
+        let admin = std::fs::read_to_string(&self.kubeconfig).expect("admin kubeconfig");
+        let mut config: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&admin).expect("admin kubeconfig is YAML");
+        let users = config
+            .get_mut("users")
+            .and_then(|u| u.as_sequence_mut())
+            .expect("kubeconfig users");
+        for user in users {
+            let mut credentials = serde_yaml_ng::Mapping::new();
+            credentials.insert("token".into(), token.trim().into());
+            user["user"] = serde_yaml_ng::Value::Mapping(credentials);
+        }
+        serde_yaml_ng::to_string(&config).expect("kubeconfig serialises")
+    }
+
     /// Runs the cluster's own kubectl with the admin kubeconfig.
     pub fn kubectl(&self, args: &[&str]) -> Output {
         let kubectl = self.tools.bin("kubectl").expect("kubectl is built");

@@ -74,6 +74,24 @@ fn cluster_object(ns: &str, size: i32, restore_from: Option<serde_json::Value>) 
     .expect("cluster object")
 }
 
+/// Creates EtcdCluster `db` (from `restore_from` when given) and waits until
+/// all its `size` members are healthy.
+async fn create_db(
+    clusters: &Api<EtcdCluster>,
+    ns: &str,
+    size: i32,
+    restore_from: Option<serde_json::Value>,
+) {
+    clusters
+        .create(
+            &PostParams::default(),
+            &cluster_object(ns, size, restore_from),
+        )
+        .await
+        .expect("create cluster");
+    wait_for_members(clusters, "db", usize::try_from(size).expect("a size")).await;
+}
+
 fn s3_backup(ns: &str, name: &str, bucket: &str, secret: &str) -> EtcdBackup {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "etcd.bosun.dev/v1alpha1", "kind": "EtcdBackup",
@@ -157,11 +175,7 @@ async fn backup_to_s3_then_restore_a_new_cluster_and_an_existing_one() {
     let clusters: Api<EtcdCluster> = Api::namespaced(cluster.client.clone(), &ns.name);
     let backups: Api<EtcdBackup> = Api::namespaced(cluster.client.clone(), &ns.name);
 
-    clusters
-        .create(&PostParams::default(), &cluster_object(&ns.name, 3, None))
-        .await
-        .expect("create cluster");
-    wait_for_members(&clusters, "db", 3).await;
+    create_db(&clusters, &ns.name, 3, None).await;
     let mut etcd = etcd_client(&cluster, &ns.name, "db").await;
     write_keys(&mut etcd, 0, 10_000).await;
 
@@ -212,14 +226,7 @@ async fn backup_to_s3_then_restore_a_new_cluster_and_an_existing_one() {
     // (a) A new cluster from the backup: exactly the first 10,000 keys, at
     // the snapshot's revision, at full size.
     let source = serde_json::json!({"backup": {"name": "once"}});
-    clusters
-        .create(
-            &PostParams::default(),
-            &cluster_object(&ns.name, 3, Some(source.clone())),
-        )
-        .await
-        .expect("create restored cluster");
-    wait_for_members(&clusters, "db", 3).await;
+    create_db(&clusters, &ns.name, 3, Some(source.clone())).await;
     let mut etcd = etcd_client(&cluster, &ns.name, "db").await;
     assert_exactly_keys(&mut etcd, 10_000).await;
     let revision = etcd
@@ -280,11 +287,7 @@ async fn wrong_credentials_and_a_missing_bucket_fail_with_a_message_and_no_secre
     )
     .await;
     let clusters: Api<EtcdCluster> = Api::namespaced(cluster.client.clone(), &ns.name);
-    clusters
-        .create(&PostParams::default(), &cluster_object(&ns.name, 1, None))
-        .await
-        .expect("create cluster");
-    wait_for_members(&clusters, "db", 1).await;
+    create_db(&clusters, &ns.name, 1, None).await;
     let backups: Api<EtcdBackup> = Api::namespaced(cluster.client.clone(), &ns.name);
 
     backups
@@ -357,11 +360,7 @@ async fn corrupt_and_truncated_snapshots_are_refused_and_the_cluster_is_untouche
     let ns = cluster.namespace("restore-corrupt").await;
     let dir = BackupDir::new(&cluster, "restore-corrupt");
     let clusters: Api<EtcdCluster> = Api::namespaced(cluster.client.clone(), &ns.name);
-    clusters
-        .create(&PostParams::default(), &cluster_object(&ns.name, 1, None))
-        .await
-        .expect("create cluster");
-    wait_for_members(&clusters, "db", 1).await;
+    create_db(&clusters, &ns.name, 1, None).await;
     let mut etcd = etcd_client(&cluster, &ns.name, "db").await;
     write_keys(&mut etcd, 0, 300).await;
     let backups: Api<EtcdBackup> = Api::namespaced(cluster.client.clone(), &ns.name);
