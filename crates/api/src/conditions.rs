@@ -24,4 +24,8 @@ pub mod reasons {
     pub const VERSION_CHANGE_REFUSED: &str = "VersionChangeRefused";
     /// Quorum is lost and cannot be regained from the members' volumes.
     pub const QUORUM_LOST: &str = "QuorumLost";
+    /// A member pod's init container failed: its restore (download, checks,
+    /// etcdutl) or its data guard (the volume lost the member's data). The
+    /// message holds the container's own words.
+    pub const MEMBER_START_FAILED: &str = "MemberStartFailed";
 }

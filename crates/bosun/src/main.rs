@@ -49,6 +49,10 @@ enum Command {
     LeaderElector(leader_elector::LeaderElectorArgs),
     /// Restore a seed member's data from a snapshot (the init container of a restore).
     RestoreMember(restore_member::RestoreMemberArgs),
+    /// Refuse to start a member on a volume without its data (the init container of a restarting member).
+    ///
+    /// Exits 3 when the data directory holds no etcd member.
+    CheckMemberData(restore_member::CheckMemberDataArgs),
     /// Install the operator into a cluster: CRDs, RBAC and its Deployment.
     ///
     /// Applies deploy/ (built into this binary) with server-side apply,
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
         Command::Operator(args) => operator::run(args),
         Command::LeaderElector(args) => leader_elector::run(args),
         Command::RestoreMember(args) => restore_member::run(args),
+        Command::CheckMemberData(args) => restore_member::check_member_data(args),
         Command::Install(args) => install::install(args),
         Command::Uninstall(args) => install::uninstall(args),
         Command::Backup(command) => backup::run(command),

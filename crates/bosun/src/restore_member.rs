@@ -1,12 +1,16 @@
-//! `bosun restore-member`: the init container of a seed restored from a
-//! backup (see `bosun_etcd::restore::member`). On failure it writes its
-//! message where Kubernetes reads a container's termination message, so
-//! the operator can put it into the cluster's conditions.
+//! The init containers of member pods: `bosun restore-member` restores a
+//! seed from a backup (see `bosun_etcd::restore::member`), and `bosun
+//! check-member-data` refuses to restart a member on a volume without its
+//! data (see `bosun_etcd::cluster::member_data`). On failure each writes
+//! its message where Kubernetes reads a container's termination message,
+//! so the operator can put it into the cluster's conditions.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use bosun_api::restore::SnapshotLocation;
+use bosun_etcd::cluster::member_data::{self, MemberDataError};
+use bosun_etcd::cluster::objects::DATA_LOST_EXIT_CODE;
 use bosun_etcd::restore::member::{self, Outcome, RestoreMember};
 use clap::Args;
 
@@ -88,6 +92,36 @@ pub fn run(args: RestoreMemberArgs) -> anyhow::Result<()> {
         Err(e) => {
             let message = format!("restoring {}: {e}", options.source.url);
             // Best effort: outside a pod there is no termination log.
+            let _ = std::fs::write(TERMINATION_LOG, &message);
+            Err(anyhow::anyhow!(message))
+        }
+    }
+}
+
+/// Options of `bosun check-member-data`.
+#[derive(Args)]
+pub struct CheckMemberDataArgs {
+    /// etcd's data directory.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+}
+
+/// Checks the data directory; exits [`DATA_LOST_EXIT_CODE`] when it holds no
+/// member, so the operator can tell lost data from any other failure.
+pub fn check_member_data(args: CheckMemberDataArgs) -> anyhow::Result<()> {
+    match member_data::check(&args.data_dir) {
+        Ok(()) => {
+            tracing::info!("{} holds the member's data", args.data_dir.display());
+            Ok(())
+        }
+        Err(e @ MemberDataError::Missing { .. }) => {
+            let message = e.to_string();
+            let _ = std::fs::write(TERMINATION_LOG, &message);
+            eprintln!("bosun: {message}");
+            std::process::exit(DATA_LOST_EXIT_CODE);
+        }
+        Err(e) => {
+            let message = e.to_string();
             let _ = std::fs::write(TERMINATION_LOG, &message);
             Err(anyhow::anyhow!(message))
         }

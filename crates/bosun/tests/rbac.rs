@@ -90,6 +90,9 @@ const CLUSTER_ROLE: &[(&str, &str, &str)] = &[
     // cluster/reconcile.rs `delete_member_objects`, `restore_in_place`:
     // self.pvcs.delete.
     ("", "persistentvolumeclaims", "delete"),
+    // cluster/reconcile.rs `record_held_volumes`: self.pvcs.patch (an
+    // annotation on a volume a member ran on).
+    ("", "persistentvolumeclaims", "patch"),
     // cluster/reconcile.rs `apply_services`: services.patch(Patch::Apply);
     // an apply that creates the object is also authorized as create (the
     // API server refuses it without; the end-to-end test below fails).
@@ -733,7 +736,7 @@ async fn the_operators_own_calls_succeed_as_its_service_account() {
     };
     let member = objects::member_name("rbac-probe", "abcde");
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
-    pvcs.create(&dry_run, &objects::member_pvc(&etcd, &member))
+    pvcs.create(&dry_run, &objects::member_pvc(&etcd, &member, None))
         .await
         .expect("create a member's volume (dry run)");
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
@@ -748,6 +751,17 @@ async fn the_operators_own_calls_succeed_as_its_service_account() {
     let selector = ListParams::default().labels(&objects::label_selector("rbac-probe"));
     pods.list(&selector).await.expect("list member pods");
     pvcs.list(&selector).await.expect("list member volumes");
+    assert_allowed(
+        "annotate a member volume",
+        pvcs.patch(
+            &member,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {
+                objects::HELD_MEMBER_ANNOTATION: "true",
+            }}})),
+        )
+        .await,
+    );
     assert_allowed(
         "delete a pod",
         pods.delete(&member, &DeleteParams::default()).await,

@@ -3,6 +3,7 @@
 //!
 //! [`objects`] computes the Kubernetes objects a cluster owns (pure).
 
+pub mod member_data;
 pub mod objects;
 pub mod plan;
 pub mod reconcile;

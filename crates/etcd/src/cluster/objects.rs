@@ -66,6 +66,48 @@ pub fn restore_in_progress(cluster: &EtcdCluster) -> Option<(String, String)> {
     (!name.is_empty() && !uid.is_empty()).then(|| (name.to_string(), uid.to_string()))
 }
 
+/// The annotation on a PVC made for a restore: the [`RestoreIntent`] (as
+/// JSON) its seed restores from. Every pod started on the volume restores
+/// from exactly that source until the data is there, so a seed lost in the
+/// middle of its restore never comes back empty.
+pub const RESTORE_SOURCE_ANNOTATION: &str = "etcd.bosun.dev/restore-source";
+/// The annotation on a PVC that a member has run on (`"true"`): from then
+/// on the volume must hold that member's data, and a pod started on it
+/// refuses to start without it.
+pub const HELD_MEMBER_ANNOTATION: &str = "etcd.bosun.dev/held-member";
+
+/// What a volume made for a restore is restored from: the snapshot pinned
+/// when the restore was decided (with the SHA-256 that was verified) and
+/// the restored cluster's token.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreIntent {
+    /// The snapshot.
+    pub source: SnapshotLocation,
+    /// The restored cluster's `--initial-cluster-token`.
+    pub cluster_token: String,
+}
+
+/// The restore a PVC was made for: `None` without the annotation, an error
+/// when the annotation is there but unreadable (the volume must then not be
+/// started at all: it was made for a restore nobody can carry out).
+pub fn restore_intent_of(pvc: &PersistentVolumeClaim) -> Option<Result<RestoreIntent, String>> {
+    let text = pvc.annotations().get(RESTORE_SOURCE_ANNOTATION)?;
+    Some(serde_json::from_str(text).map_err(|e| {
+        format!(
+            "volume {}: annotation {RESTORE_SOURCE_ANNOTATION} is not a restore source: {e}",
+            pvc.name_any()
+        )
+    }))
+}
+
+/// Whether a member has run on a PVC.
+pub fn held_member(pvc: &PersistentVolumeClaim) -> bool {
+    pvc.annotations()
+        .get(HELD_MEMBER_ANNOTATION)
+        .is_some_and(|v| v == "true")
+}
+
 /// The annotation on a member pod with the etcd version it runs.
 pub const VERSION_ANNOTATION: &str = "etcd.bosun.dev/version";
 /// The annotation on a member pod with the `--initial-cluster-state` it was
@@ -386,16 +428,29 @@ pub fn pod_disruption_budget(cluster: &EtcdCluster) -> PodDisruptionBudget {
 
 /// A member's PersistentVolumeClaim, named after the member. Owned by the
 /// cluster (deleted with it) unless `spec.storage.retainOnDelete`. Not used
-/// when `spec.storage.emptyDir`.
-pub fn member_pvc(cluster: &EtcdCluster, member: &str) -> PersistentVolumeClaim {
+/// when `spec.storage.emptyDir`. A volume made for a restore carries the
+/// restore's intent ([`RESTORE_SOURCE_ANNOTATION`]).
+pub fn member_pvc(
+    cluster: &EtcdCluster,
+    member: &str,
+    restore: Option<&RestoreIntent>,
+) -> PersistentVolumeClaim {
     let storage = &cluster.spec.storage;
+    let mut metadata = owned_meta(
+        cluster,
+        member.to_string(),
+        member_labels(&cluster.name_any(), member),
+        !storage.retain_on_delete,
+    );
+    metadata.annotations = restore.map(|intent| {
+        BTreeMap::from([(
+            RESTORE_SOURCE_ANNOTATION.to_string(),
+            // A struct of strings always serializes.
+            serde_json::to_string(intent).unwrap_or_default(),
+        )])
+    });
     PersistentVolumeClaim {
-        metadata: owned_meta(
-            cluster,
-            member.to_string(),
-            member_labels(&cluster.name_any(), member),
-            !storage.retain_on_delete,
-        ),
+        metadata,
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".to_string()]),
             resources: Some(VolumeResourceRequirements {
@@ -449,24 +504,100 @@ pub struct MemberPodParams {
     /// included, as `(name, peer URL)`: etcd's `--initial-cluster`, in this
     /// order.
     pub initial_cluster: Vec<(String, String)>,
-    /// Whether the member bootstraps a new cluster or joins a running one.
-    pub initial_state: InitialState,
+    /// How the member starts on its volume.
+    pub start: PodStart,
     /// The etcd version to run (not `spec.version` while an upgrade rolls).
     pub version: EtcdVersion,
-    /// For a seed that starts from a backup: what its init container restores.
-    pub restore: Option<SeedRestore>,
+}
+
+/// How a member pod starts on its volume, and the init container that
+/// makes that safe.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PodStart {
+    /// The first member of a new cluster, on an empty volume (`new`).
+    Bootstrap,
+    /// The seed of a restore: an init container restores the volume from a
+    /// backup (unless the data is already there), then etcd starts `new`.
+    Restore(SeedRestore),
+    /// A new member's first start, joining the running cluster with an
+    /// empty volume (`existing`).
+    Join,
+    /// A member restarting on its own data (`existing`): an init container
+    /// refuses to start it on a volume without that data, so it never
+    /// rejoins with an empty log under its old identity (raft amnesia).
+    Resume {
+        /// The image with `bosun` (`bosun check-member-data`).
+        image: String,
+    },
+}
+
+impl PodStart {
+    /// etcd's `--initial-cluster-state` for this start.
+    pub fn initial_state(&self) -> InitialState {
+        match self {
+            PodStart::Bootstrap | PodStart::Restore(_) => InitialState::New,
+            PodStart::Join | PodStart::Resume { .. } => InitialState::Existing,
+        }
+    }
 }
 
 /// What the init container of a seed restored from a backup needs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SeedRestore {
-    /// The snapshot, with the SHA-256 the operator verified.
-    pub source: SnapshotLocation,
+    /// The snapshot, with the SHA-256 the operator verified, and the token.
+    pub intent: RestoreIntent,
     /// The image with `bosun` and etcd's `etcdutl` (one per minor version).
     pub image: String,
-    /// The new cluster's token.
-    pub cluster_token: String,
 }
+
+/// Why a member pod's init container (restore or data guard) failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitFailure {
+    /// The data guard found the volume without the member's data.
+    pub data_lost: bool,
+    /// The container's own message (its termination message or reason).
+    pub message: String,
+}
+
+/// The failure of a member pod's restore or data-guard init container, as
+/// its status reports it (now, or in the last run while it waits to be
+/// restarted): `None` while it runs, succeeded, or has not run.
+pub fn init_failure(pod: &Pod) -> Option<InitFailure> {
+    let statuses = pod.status.as_ref()?.init_container_statuses.as_ref()?;
+    statuses
+        .iter()
+        .filter(|s| s.name == RESTORE_CONTAINER || s.name == DATA_GUARD_CONTAINER)
+        .find_map(|status| {
+            let running = status.state.as_ref().is_some_and(|s| s.running.is_some());
+            let terminated = status
+                .state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .or_else(|| {
+                    (!running)
+                        .then(|| status.last_state.as_ref()?.terminated.as_ref())
+                        .flatten()
+                })
+                .filter(|t| t.exit_code != 0)?;
+            let message = terminated
+                .message
+                .clone()
+                .filter(|m| !m.trim().is_empty())
+                .or_else(|| terminated.reason.clone())
+                .unwrap_or_else(|| format!("exit code {}", terminated.exit_code));
+            Some(InitFailure {
+                data_lost: status.name == DATA_GUARD_CONTAINER
+                    && terminated.exit_code == DATA_LOST_EXIT_CODE,
+                message: format!("{}: {}", status.name, message.trim()),
+            })
+        })
+}
+
+/// The name of the init container that refuses to start a member on a
+/// volume without its data.
+pub const DATA_GUARD_CONTAINER: &str = "data-guard";
+/// The exit code of `bosun check-member-data` when the data is missing.
+pub const DATA_LOST_EXIT_CODE: i32 = 3;
 
 /// The name of the init container that restores a seed from a backup.
 pub const RESTORE_CONTAINER: &str = "restore";
@@ -492,14 +623,14 @@ fn restore_container(
     restore: &SeedRestore,
 ) -> (Container, Vec<Volume>) {
     let member = params.member.as_str();
-    let source = &restore.source;
+    let source = &restore.intent.source;
     let mut args = vec![
         "restore-member".to_string(),
         format!("--source-url={}", source.url),
         format!("--data-dir={DATA_DIR}"),
         format!("--name={member}"),
         format!("--peer-url={}", peer_url(cluster, member)),
-        format!("--cluster-token={}", restore.cluster_token),
+        format!("--cluster-token={}", restore.intent.cluster_token),
         format!("--etcdutl={}", etcdutl_path(&params.version)),
     ];
     args.extend(source.sha256.iter().map(|sha| format!("--sha256={sha}")));
@@ -580,6 +711,40 @@ fn restore_container(
     (container, volumes)
 }
 
+/// The init container of a member that restarts on its own data: `bosun
+/// check-member-data` exits [`DATA_LOST_EXIT_CODE`] when the volume holds
+/// no etcd member, and the pod never starts.
+fn data_guard_container(cluster: &EtcdCluster, image: &str) -> Container {
+    Container {
+        name: DATA_GUARD_CONTAINER.to_string(),
+        image: Some(image.to_string()),
+        image_pull_policy: Some("IfNotPresent".to_string()),
+        args: Some(vec![
+            "check-member-data".to_string(),
+            format!("--data-dir={DATA_DIR}"),
+        ]),
+        volume_mounts: Some(vec![VolumeMount {
+            name: DATA_VOLUME.to_string(),
+            mount_path: DATA_MOUNT_PATH.to_string(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        // etcd (root in the upstream image) keeps its data directory 0700.
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_group: Some(0),
+            ..SecurityContext::default()
+        }),
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
+        resources: cluster
+            .spec
+            .pod_template
+            .as_ref()
+            .and_then(|t| t.resources.clone()),
+        ..Container::default()
+    }
+}
+
 /// The member's pod: etcd on its data volume, reachable under its DNS name.
 ///
 /// The pod is named after the member, with `hostname`/`subdomain` giving it
@@ -602,7 +767,7 @@ pub fn member_pod(cluster: &EtcdCluster, params: &MemberPodParams) -> Pod {
         (VERSION_ANNOTATION.to_string(), params.version.to_string()),
         (
             INITIAL_STATE_ANNOTATION.to_string(),
-            params.initial_state.as_str().to_string(),
+            params.start.initial_state().as_str().to_string(),
         ),
     ]);
     let mut metadata = owned_meta(cluster, member.to_string(), labels, true);
@@ -659,10 +824,11 @@ pub fn member_pod(cluster: &EtcdCluster, params: &MemberPodParams) -> Pod {
         ..Container::default()
     };
 
-    let restore = params
-        .restore
-        .as_ref()
-        .map(|r| restore_container(cluster, params, r));
+    let init = match &params.start {
+        PodStart::Restore(restore) => Some(restore_container(cluster, params, restore)),
+        PodStart::Resume { image } => Some((data_guard_container(cluster, image), vec![])),
+        PodStart::Bootstrap | PodStart::Join => None,
+    };
     let storage = &cluster.spec.storage;
     let data = if storage.empty_dir {
         Volume {
@@ -696,11 +862,11 @@ pub fn member_pod(cluster: &EtcdCluster, params: &MemberPodParams) -> Pod {
             // make etcd warn about variables it does not know.
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
-            init_containers: restore.as_ref().map(|(c, _)| vec![c.clone()]),
+            init_containers: init.as_ref().map(|(c, _)| vec![c.clone()]),
             containers: vec![etcd],
             volumes: Some(
                 std::iter::once(data)
-                    .chain(restore.into_iter().flat_map(|(_, volumes)| volumes))
+                    .chain(init.into_iter().flat_map(|(_, volumes)| volumes))
                     .collect(),
             ),
             node_selector: (!template.node_selector.is_empty()).then_some(template.node_selector),
@@ -755,7 +921,10 @@ fn etcd_args(cluster: &EtcdCluster, params: &MemberPodParams) -> Vec<String> {
             peer_url(cluster, member)
         ),
         format!("--initial-cluster={initial_cluster}"),
-        format!("--initial-cluster-state={}", params.initial_state.as_str()),
+        format!(
+            "--initial-cluster-state={}",
+            params.start.initial_state().as_str()
+        ),
         format!("--initial-cluster-token={token}"),
         format!("--listen-metrics-urls=http://0.0.0.0:{METRICS_PORT}"),
     ];

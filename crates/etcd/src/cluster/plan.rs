@@ -15,6 +15,34 @@ pub struct PodView {
     pub terminating: bool,
     /// The etcd version it runs (its version annotation).
     pub version: Option<String>,
+    /// Its data guard refused to start it: the volume holds no data
+    /// although a member ran on it (it was lost or re-provisioned empty).
+    pub data_lost: bool,
+}
+
+/// A member's data volume (PVC) as observed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VolumeView {
+    /// Member (and PVC) name.
+    pub member: String,
+    /// Whether it is being deleted.
+    pub terminating: bool,
+    /// It was made for a restore: its PVC carries the restore's source, and
+    /// every pod on it restores from that source until the data is there.
+    pub restore: bool,
+    /// A member has run on it: it must hold that member's data, and a pod
+    /// on it refuses to start without it.
+    pub held_member: bool,
+}
+
+impl VolumeView {
+    /// A volume of `member` that no member has run on yet.
+    pub fn fresh(member: &str) -> Self {
+        VolumeView {
+            member: member.to_string(),
+            ..VolumeView::default()
+        }
+    }
 }
 
 /// A member as etcd lists it, with the health observed through its pod.
@@ -37,8 +65,9 @@ pub struct MemberView {
 pub struct Observed {
     /// Member pods.
     pub pods: Vec<PodView>,
-    /// Members with a data volume (PVC); empty for emptyDir clusters.
-    pub volumes: Vec<String>,
+    /// Member data volumes (PVCs), terminating ones included; empty for
+    /// emptyDir clusters.
+    pub volumes: Vec<VolumeView>,
     /// The membership, when some member answered.
     pub members: Option<Vec<MemberView>>,
 }
@@ -62,6 +91,8 @@ pub enum Step {
     CreatePod {
         /// The member.
         member: String,
+        /// How it starts on its volume.
+        start: Start,
     },
     /// Add a new member as a learner, then create its volume and pod.
     AddLearner,
@@ -110,6 +141,26 @@ pub enum Step {
     Done,
 }
 
+/// How a member pod starts on its volume. The plan decides it from what the
+/// volume is known to hold, so that no pod ever bootstraps a new, empty
+/// member on a volume that was made for a restore or that held a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// The first member of a cluster that never ran, on an empty volume:
+    /// `--initial-cluster-state=new`.
+    New,
+    /// The seed of a restore: its init container restores the volume from
+    /// the source its PVC names (unless the data is already there), then
+    /// etcd starts `new` on that data.
+    Restore,
+    /// A learner's first start: it joins the running cluster (`existing`)
+    /// with an empty volume, and etcd sends it the data.
+    Join,
+    /// A member restarting on its own data: its guard refuses to start it
+    /// on a volume without that data.
+    Resume,
+}
+
 /// Why a member is removed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RemoveReason {
@@ -117,6 +168,30 @@ pub enum RemoveReason {
     ScaleDown,
     /// Its data volume is gone; a new member replaces it.
     DataLost,
+}
+
+/// Whether a voter can leave a membership of `voters` voters, `healthy` of
+/// them healthy, and quorum still hold among the rest.
+pub fn removal_keeps_quorum(voters: usize, healthy: usize, victim_healthy: bool) -> bool {
+    let remaining = voters.saturating_sub(1);
+    let remaining_healthy = healthy - usize::from(victim_healthy && healthy > 0);
+    remaining > 0 && remaining_healthy * 2 > remaining
+}
+
+/// How `member`'s pod starts, from what its volume is known to hold.
+fn start_of(observed: &Observed, member: &str) -> Start {
+    let volume = observed
+        .volumes
+        .iter()
+        .find(|v| v.member == member && !v.terminating);
+    match volume {
+        Some(v) if v.held_member => Start::Resume,
+        Some(v) if v.restore => Start::Restore,
+        // The only volume of a cluster nobody has answered for yet, and no
+        // member ran on it: the seed, lost before it first started.
+        Some(_) if observed.members.is_none() && observed.volumes.len() == 1 => Start::New,
+        _ => Start::Join,
+    }
 }
 
 /// The next step.
@@ -128,7 +203,18 @@ pub fn next_step(desired: &Desired, observed: &Observed) -> Step {
         .map(|p| p.member.as_str())
         .collect();
     let any_pod_terminating = observed.pods.iter().any(|p| p.terminating);
-    let volumes: BTreeSet<&str> = observed.volumes.iter().map(String::as_str).collect();
+    let volumes: BTreeSet<&str> = observed
+        .volumes
+        .iter()
+        .filter(|v| !v.terminating)
+        .map(|v| v.member.as_str())
+        .collect();
+    let data_lost: BTreeSet<&str> = observed
+        .pods
+        .iter()
+        .filter(|p| p.data_lost && !p.terminating)
+        .map(|p| p.member.as_str())
+        .collect();
 
     let Some(members) = &observed.members else {
         return without_membership(observed, &live_pods, &volumes);
@@ -147,6 +233,7 @@ pub fn next_step(desired: &Desired, observed: &Observed) -> Step {
             }
             return Step::CreatePod {
                 member: member.name.clone(),
+                start: start_of(observed, &member.name),
             };
         }
     }
@@ -176,12 +263,25 @@ pub fn next_step(desired: &Desired, observed: &Observed) -> Step {
         };
     }
 
-    // A voter whose data is gone (no volume, no pod) is replaced: removed
-    // now, added back as a new member by the scale-up below.
-    if let Some(lost) = voters
-        .iter()
-        .find(|m| !live_pods.contains(m.name.as_str()) && !volumes.contains(m.name.as_str()))
-    {
+    // A member whose data is gone (no volume and no pod, or a volume its
+    // guard found empty) is replaced: removed now, while quorum holds
+    // without it, and added back as a new member by the scale-up below. It
+    // never rejoins with an empty log under its old identity.
+    let lost = members.iter().find(|m| {
+        data_lost.contains(m.name.as_str())
+            || (!m.learner
+                && !live_pods.contains(m.name.as_str())
+                && !volumes.contains(m.name.as_str()))
+    });
+    if let Some(lost) = lost {
+        if !lost.learner && !removal_keeps_quorum(voters.len(), healthy_voters, lost.healthy) {
+            return Step::Wait {
+                reason: format!(
+                    "member {}'s data is lost, and removing it now would leave no quorum",
+                    lost.name
+                ),
+            };
+        }
         return Step::RemoveMember {
             id: lost.id,
             member: lost.name.clone(),
@@ -216,7 +316,9 @@ pub fn next_step(desired: &Desired, observed: &Observed) -> Step {
             .filter(|m| !m.leader)
             .max_by(|a, b| a.name.cmp(&b.name))
             .or_else(|| voters.first());
-        if let Some(victim) = victim {
+        if let Some(victim) = victim
+            && removal_keeps_quorum(voters.len(), healthy_voters, victim.healthy)
+        {
             return Step::RemoveMember {
                 id: victim.id,
                 member: victim.name.clone(),
@@ -258,7 +360,9 @@ fn without_membership(
     live_pods: &BTreeSet<&str>,
     volumes: &BTreeSet<&str>,
 ) -> Step {
-    if observed.pods.is_empty() && volumes.is_empty() {
+    // Terminating volumes count: a seed is never made while any member
+    // volume exists, whatever state it is in.
+    if observed.pods.is_empty() && observed.volumes.is_empty() {
         return Step::CreateSeed;
     }
     // Pods are gone but data remains (every pod deleted, a node restart):
@@ -266,6 +370,15 @@ fn without_membership(
     if let Some(missing) = volumes.iter().find(|v| !live_pods.contains(*v)) {
         return Step::CreatePod {
             member: missing.to_string(),
+            start: start_of(observed, missing),
+        };
+    }
+    if let Some(lost) = observed.pods.iter().find(|p| p.data_lost && !p.terminating) {
+        return Step::Wait {
+            reason: format!(
+                "member {}'s data is lost, and no member answers to replace it through the membership",
+                lost.member
+            ),
         };
     }
     Step::Wait {
@@ -289,6 +402,15 @@ mod tests {
             member: name.into(),
             terminating: false,
             version: Some("3.6.16".into()),
+            data_lost: false,
+        }
+    }
+
+    /// The volume of a member that has run on it.
+    fn held(name: &str) -> VolumeView {
+        VolumeView {
+            held_member: true,
+            ..VolumeView::fresh(name)
         }
     }
 
@@ -306,7 +428,7 @@ mod tests {
     fn healthy(names: &[&str]) -> Observed {
         Observed {
             pods: names.iter().map(|n| pod(n)).collect(),
-            volumes: names.iter().map(|n| n.to_string()).collect(),
+            volumes: names.iter().map(|n| held(n)).collect(),
             members: Some(
                 names
                     .iter()
@@ -329,7 +451,7 @@ mod tests {
     fn a_seed_that_has_not_answered_yet_is_waited_for() {
         let observed = Observed {
             pods: vec![pod("a")],
-            volumes: vec!["a".into()],
+            volumes: vec![VolumeView::fresh("a")],
             members: None,
         };
         assert!(matches!(
@@ -385,7 +507,10 @@ mod tests {
         }
         assert_eq!(
             next_step(&desired(4), &observed),
-            Step::CreatePod { member: "d".into() }
+            Step::CreatePod {
+                member: "d".into(),
+                start: Start::Join
+            }
         );
     }
 
@@ -394,7 +519,7 @@ mod tests {
         // The operator died between MemberRemove and deleting the pod.
         let mut observed = healthy(&["a", "b", "c"]);
         observed.pods.push(pod("d"));
-        observed.volumes.push("d".into());
+        observed.volumes.push(held("d"));
         assert_eq!(
             next_step(&desired(3), &observed),
             Step::DeleteOrphan { member: "d".into() }
@@ -407,7 +532,10 @@ mod tests {
         observed.pods.retain(|p| p.member != "b");
         assert_eq!(
             next_step(&desired(3), &observed),
-            Step::CreatePod { member: "b".into() }
+            Step::CreatePod {
+                member: "b".into(),
+                start: Start::Resume
+            }
         );
     }
 
@@ -415,7 +543,7 @@ mod tests {
     fn a_member_whose_data_is_gone_is_removed_and_replaced() {
         let mut observed = healthy(&["a", "b", "c"]);
         observed.pods.retain(|p| p.member != "c");
-        observed.volumes.retain(|v| v != "c");
+        observed.volumes.retain(|v| v.member != "c");
         if let Some(members) = observed.members.as_mut() {
             members[2].healthy = false;
         }
@@ -433,7 +561,7 @@ mod tests {
     fn lost_quorum_changes_no_membership() {
         let mut observed = healthy(&["a", "b", "c"]);
         observed.pods.retain(|p| p.member == "a");
-        observed.volumes.retain(|v| v == "a");
+        observed.volumes.retain(|v| v.member == "a");
         if let Some(members) = observed.members.as_mut() {
             members[1].healthy = false;
             members[2].healthy = false;
@@ -454,7 +582,10 @@ mod tests {
         }
         assert_eq!(
             next_step(&desired(3), &observed),
-            Step::CreatePod { member: "b".into() }
+            Step::CreatePod {
+                member: "b".into(),
+                start: Start::Resume
+            }
         );
     }
 
@@ -462,12 +593,15 @@ mod tests {
     fn every_pod_gone_comes_back_from_volumes() {
         let observed = Observed {
             pods: vec![],
-            volumes: vec!["a".into(), "b".into(), "c".into()],
+            volumes: vec![held("a"), held("b"), held("c")],
             members: None,
         };
         assert_eq!(
             next_step(&desired(3), &observed),
-            Step::CreatePod { member: "a".into() }
+            Step::CreatePod {
+                member: "a".into(),
+                start: Start::Resume
+            }
         );
     }
 
@@ -535,5 +669,304 @@ mod tests {
         assert!(
             matches!(next_step(&desired(3), &observed), Step::RemoveMember { member, .. } if member == "b")
         );
+    }
+
+    #[test]
+    fn a_restore_seed_lost_before_it_answered_restores_again() {
+        // The seed's pod was deleted while its restore init container ran.
+        let observed = Observed {
+            pods: vec![],
+            volumes: vec![VolumeView {
+                restore: true,
+                ..VolumeView::fresh("a")
+            }],
+            members: None,
+        };
+        assert_eq!(
+            next_step(&desired(3), &observed),
+            Step::CreatePod {
+                member: "a".into(),
+                start: Start::Restore
+            }
+        );
+    }
+
+    #[test]
+    fn a_volume_that_held_a_member_resumes_and_never_restores_again() {
+        // The restored seed ran, the cluster grew, then every pod went.
+        let observed = Observed {
+            pods: vec![],
+            volumes: vec![
+                VolumeView {
+                    restore: true,
+                    held_member: true,
+                    ..VolumeView::fresh("a")
+                },
+                held("b"),
+            ],
+            members: None,
+        };
+        assert_eq!(
+            next_step(&desired(3), &observed),
+            Step::CreatePod {
+                member: "a".into(),
+                start: Start::Resume
+            }
+        );
+    }
+
+    #[test]
+    fn a_plain_seed_lost_before_it_first_started_starts_new() {
+        let observed = Observed {
+            pods: vec![],
+            volumes: vec![VolumeView::fresh("a")],
+            members: None,
+        };
+        assert_eq!(
+            next_step(&desired(1), &observed),
+            Step::CreatePod {
+                member: "a".into(),
+                start: Start::New
+            }
+        );
+    }
+
+    #[test]
+    fn no_seed_while_a_volume_is_still_being_deleted() {
+        let observed = Observed {
+            pods: vec![],
+            volumes: vec![VolumeView {
+                terminating: true,
+                ..held("a")
+            }],
+            members: None,
+        };
+        assert!(matches!(
+            next_step(&desired(1), &observed),
+            Step::Wait { .. }
+        ));
+    }
+
+    #[test]
+    fn a_member_whose_guard_found_its_volume_empty_is_replaced_through_membership() {
+        let mut observed = healthy(&["a", "b", "c"]);
+        observed.pods[2].data_lost = true;
+        if let Some(members) = observed.members.as_mut() {
+            members[2].healthy = false;
+        }
+        assert_eq!(
+            next_step(&desired(3), &observed),
+            Step::RemoveMember {
+                id: 3,
+                member: "c".into(),
+                reason: RemoveReason::DataLost
+            }
+        );
+    }
+
+    #[test]
+    fn a_voter_is_not_created_a_new_volume() {
+        // A voter without pod or volume is removed, never given a new
+        // empty volume under its old identity.
+        let mut observed = healthy(&["a", "b", "c"]);
+        observed.pods.retain(|p| p.member != "b");
+        observed.volumes.retain(|v| v.member != "b");
+        if let Some(members) = observed.members.as_mut() {
+            members[1].healthy = false;
+        }
+        assert!(matches!(
+            next_step(&desired(3), &observed),
+            Step::RemoveMember { member, reason: RemoveReason::DataLost, .. } if member == "b"
+        ));
+    }
+
+    #[test]
+    fn lost_data_without_quorum_removes_nothing() {
+        let mut observed = healthy(&["a", "b", "c"]);
+        observed.pods[1].data_lost = true;
+        observed.pods[2].data_lost = true;
+        if let Some(members) = observed.members.as_mut() {
+            members[1].healthy = false;
+            members[2].healthy = false;
+        }
+        assert!(matches!(
+            next_step(&desired(3), &observed),
+            Step::QuorumLost { .. }
+        ));
+    }
+
+    mod properties {
+        //! Invariants of the planner over generated observations: whatever
+        //! the operator sees, the step it takes must not lose data.
+        use super::super::*;
+        use proptest::prelude::*;
+
+        const NAMES: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
+
+        #[derive(Clone, Debug)]
+        struct Slot {
+            member: Option<(bool, bool, bool)>, // (learner, healthy, leader)
+            pod: Option<(bool, bool, bool)>,    // (terminating, data_lost, outdated)
+            volume: Option<(bool, bool, bool)>, // (terminating, restore, held)
+        }
+
+        fn slot() -> impl Strategy<Value = Slot> {
+            (
+                proptest::option::of(any::<(bool, bool, bool)>()),
+                proptest::option::of(any::<(bool, bool, bool)>()),
+                proptest::option::of(any::<(bool, bool, bool)>()),
+            )
+                .prop_map(|(member, pod, volume)| Slot {
+                    member,
+                    pod,
+                    volume,
+                })
+        }
+
+        fn observed() -> impl Strategy<Value = (Observed, usize)> {
+            (
+                proptest::collection::vec(slot(), 0..=NAMES.len()),
+                any::<bool>(),
+                1usize..=7,
+            )
+                .prop_map(|(slots, membership_known, size)| {
+                    let mut observed = Observed::default();
+                    let mut members = vec![];
+                    let mut leader_taken = false;
+                    for (i, slot) in slots.iter().enumerate() {
+                        let name = NAMES[i];
+                        if let Some((learner, healthy, leader)) = slot.member {
+                            let leader = leader && healthy && !learner && !leader_taken;
+                            leader_taken |= leader;
+                            members.push(MemberView {
+                                id: i as u64 + 1,
+                                name: name.into(),
+                                learner,
+                                healthy,
+                                leader,
+                            });
+                        }
+                        if let Some((terminating, data_lost, outdated)) = slot.pod {
+                            observed.pods.push(PodView {
+                                member: name.into(),
+                                terminating,
+                                version: Some(if outdated { "3.5.20" } else { "3.6.16" }.into()),
+                                data_lost,
+                            });
+                        }
+                        if let Some((terminating, restore, held_member)) = slot.volume {
+                            observed.volumes.push(VolumeView {
+                                member: name.into(),
+                                terminating,
+                                restore,
+                                held_member,
+                            });
+                        }
+                    }
+                    if membership_known && !members.is_empty() {
+                        observed.members = Some(members);
+                    }
+                    (observed, size)
+                })
+        }
+
+        fn desired(size: usize) -> Desired {
+            Desired {
+                size,
+                version: "3.6.16".into(),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4096))]
+
+            #[test]
+            fn no_voter_is_removed_below_quorum((observed, size) in observed()) {
+                if let Step::RemoveMember { id, .. } = next_step(&desired(size), &observed) {
+                    let members = observed.members.clone().unwrap_or_default();
+                    let victim = members.iter().find(|m| m.id == id).expect("a listed member");
+                    if !victim.learner {
+                        let voters: Vec<_> = members.iter().filter(|m| !m.learner).collect();
+                        let remaining = voters.len() - 1;
+                        let healthy_remaining = voters
+                            .iter()
+                            .filter(|m| m.healthy && m.id != id)
+                            .count();
+                        prop_assert!(
+                            remaining > 0 && healthy_remaining * 2 > remaining,
+                            "removing {id} leaves {healthy_remaining} healthy of {remaining}"
+                        );
+                    }
+                }
+            }
+
+            #[test]
+            fn no_seed_while_any_member_volume_exists((observed, size) in observed()) {
+                if next_step(&desired(size), &observed) == Step::CreateSeed {
+                    prop_assert!(observed.volumes.is_empty());
+                    prop_assert!(observed.pods.is_empty());
+                    prop_assert!(observed.members.is_none());
+                }
+            }
+
+            #[test]
+            fn no_new_member_on_a_restore_volume_or_one_that_held_a_member(
+                (observed, size) in observed()
+            ) {
+                if let Step::CreatePod { member, start } = next_step(&desired(size), &observed) {
+                    let volume = observed
+                        .volumes
+                        .iter()
+                        .find(|v| v.member == member && !v.terminating);
+                    if let Some(volume) = volume {
+                        if volume.held_member {
+                            prop_assert_eq!(start, Start::Resume);
+                        } else if volume.restore {
+                            prop_assert_eq!(start, Start::Restore);
+                        }
+                    } else {
+                        // Without a volume only a learner gets a pod (and a
+                        // new volume): never a voter, which would rejoin empty.
+                        let members = observed.members.clone().unwrap_or_default();
+                        let listed = members.iter().find(|m| m.name == member);
+                        prop_assert!(
+                            listed.is_some_and(|m| m.learner),
+                            "a pod for {member} without its volume"
+                        );
+                        prop_assert_eq!(start, Start::Join);
+                    }
+                }
+            }
+
+            #[test]
+            fn nothing_grows_or_shrinks_while_unhealthy((observed, size) in observed()) {
+                let step = next_step(&desired(size), &observed);
+                let unhealthy = observed
+                    .members
+                    .as_ref()
+                    .is_none_or(|m| m.iter().any(|m| !m.healthy));
+                if unhealthy {
+                    let changes = matches!(
+                        step,
+                        Step::AddLearner
+                            | Step::Promote { .. }
+                            | Step::Upgrade { .. }
+                            | Step::MoveLeader { .. }
+                            | Step::RemoveMember { reason: RemoveReason::ScaleDown, .. }
+                    );
+                    prop_assert!(!changes, "{:?} while a member is unhealthy", step);
+                }
+            }
+
+            #[test]
+            fn nothing_is_deleted_that_a_member_owns((observed, size) in observed()) {
+                // At most one membership change per pass is given by the
+                // type (one Step); orphan deletion never touches a member.
+                if let Step::DeleteOrphan { member } = next_step(&desired(size), &observed) {
+                    let members = observed.members.clone().unwrap_or_default();
+                    prop_assert!(!members.iter().any(|m| m.name == member));
+                }
+            }
+        }
     }
 }

@@ -25,8 +25,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::{ClusterLabels, EtcdMetrics, Telemetry};
 
-use super::objects::{self, InitialState, MemberPodParams, SeedRestore};
-use super::plan::{self, Desired, MemberView, Observed, PodView, RemoveReason, Step};
+use super::objects::{self, MemberPodParams, PodStart, RestoreIntent, SeedRestore};
+use super::plan::{
+    self, Desired, MemberView, Observed, PodView, RemoveReason, Start, Step, VolumeView,
+};
 use crate::controller;
 use crate::members::{self, EtcdError, EtcdMembers};
 use crate::restore::source::{self, SourceError};
@@ -69,6 +71,9 @@ pub enum Error {
     /// The EtcdCluster lacks namespace or uid.
     #[error(transparent)]
     Identity(#[from] objects::ObjectError),
+    /// A volume made for a restore does not say what to restore from.
+    #[error("{0}")]
+    VolumeIntent(String),
 }
 
 /// Runs the EtcdCluster controller until `shutdown` is cancelled.
@@ -185,7 +190,8 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
     }
 
     pass.apply_services().await?;
-    let observation = pass.observe().await?;
+    let mut observation = pass.observe().await?;
+    pass.record_held_volumes(&mut observation).await?;
     ctx.metrics.observe_cluster(
         &ClusterLabels {
             namespace: pass.ns(),
@@ -340,6 +346,22 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
                 message,
                 pass.generation,
             ),
+            _ if !observation.start_failures.is_empty() => {
+                let message = observation
+                    .start_failures
+                    .iter()
+                    .map(|(member, why)| format!("member {member} cannot start: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                set_condition(
+                    c,
+                    conditions::DEGRADED,
+                    true,
+                    reasons::MEMBER_START_FAILED,
+                    &message,
+                    pass.generation,
+                )
+            }
             _ if healthy < observation.members().len() => set_condition(
                 c,
                 conditions::DEGRADED,
@@ -371,6 +393,11 @@ struct Observation {
     listed: Option<Vec<members::Member>>,
     /// Member name → its own status, when it answered.
     statuses: BTreeMap<String, members::MemberStatus>,
+    /// Member name → the restore its volume was made for.
+    restore_intents: BTreeMap<String, Result<RestoreIntent, String>>,
+    /// Member name → why its pod's init container (restore or data guard)
+    /// failed, in the container's own words.
+    start_failures: BTreeMap<String, String>,
 }
 
 impl Observation {
@@ -551,9 +578,8 @@ impl<'a> Pass<'a> {
                 source::resolve(&self.ctx.client, &namespace, &restore.spec.source).await?;
             let summary = source::verify(&self.ctx.client, &namespace, &resolved).await?;
             resolved.location.sha256 = Some(summary.sha256);
-            Ok::<_, SourceError>(SeedRestore {
+            Ok::<_, SourceError>(RestoreIntent {
                 source: resolved.location,
-                image: restore_image(),
                 cluster_token: format!("{}-{restore_uid}", self.name),
             })
         }
@@ -641,6 +667,7 @@ impl<'a> Pass<'a> {
 
         let mut pod_ips = BTreeMap::new();
         let mut views = vec![];
+        let mut start_failures = BTreeMap::new();
         for pod in &pods {
             let Some(member) = objects::member_of_pod(pod) else {
                 continue;
@@ -653,20 +680,33 @@ impl<'a> Pass<'a> {
             {
                 pod_ips.insert(member.clone(), ip);
             }
+            let failure = objects::init_failure(pod);
+            if let Some(failure) = &failure {
+                start_failures.insert(member.clone(), failure.message.clone());
+            }
             views.push(PodView {
                 member,
                 terminating,
                 version: objects::version_of_pod(pod).map(|v| v.to_string()),
+                data_lost: failure.is_some_and(|f| f.data_lost),
             });
         }
-        let volumes = if self.cluster.spec.storage.empty_dir {
-            vec![]
-        } else {
-            pvcs.iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none())
-                .map(|p| p.name_any())
-                .collect()
-        };
+        let mut restore_intents = BTreeMap::new();
+        let mut volumes = vec![];
+        if !self.cluster.spec.storage.empty_dir {
+            for pvc in &pvcs {
+                let intent = objects::restore_intent_of(pvc);
+                volumes.push(VolumeView {
+                    member: pvc.name_any(),
+                    terminating: pvc.metadata.deletion_timestamp.is_some(),
+                    restore: intent.is_some(),
+                    held_member: objects::held_member(pvc),
+                });
+                if let Some(intent) = intent {
+                    restore_intents.insert(pvc.name_any(), intent);
+                }
+            }
+        }
 
         let endpoints: Vec<String> = pod_ips
             .values()
@@ -720,7 +760,44 @@ impl<'a> Pass<'a> {
             pod_ips,
             listed,
             statuses,
+            restore_intents,
+            start_failures,
         })
+    }
+
+    /// Marks the volume of every member that is running healthy as one
+    /// that held a member: from then on a pod on it starts only on its
+    /// data. Done before any step, so no member is replaced or restarted
+    /// before its volume says what it must hold.
+    async fn record_held_volumes(&self, observation: &mut Observation) -> Result<(), Error> {
+        let healthy: Vec<String> = observation
+            .members()
+            .iter()
+            .filter(|m| m.healthy)
+            .map(|m| m.name.clone())
+            .collect();
+        for volume in observation.plan.volumes.iter_mut() {
+            if volume.held_member || volume.terminating || !healthy.contains(&volume.member) {
+                continue;
+            }
+            let patch = serde_json::json!({"metadata": {"annotations": {
+                objects::HELD_MEMBER_ANNOTATION: "true",
+            }}});
+            match self
+                .pvcs
+                .patch(
+                    &volume.member,
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+            {
+                Ok(_) => volume.held_member = true,
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// The version to run: the spec's, unless moving there from what runs
@@ -766,7 +843,13 @@ impl<'a> Pass<'a> {
             .map(|m| m.name.clone())
             .collect();
         if observation.plan.members.is_none() {
-            names = observation.plan.volumes.clone();
+            names = observation
+                .plan
+                .volumes
+                .iter()
+                .filter(|v| !v.terminating)
+                .map(|v| v.member.clone())
+                .collect();
         }
         if let Some(extra) = extra
             && !names.iter().any(|n| n == extra)
@@ -783,11 +866,17 @@ impl<'a> Pass<'a> {
             .collect()
     }
 
-    async fn ensure_volume(&self, member: &str) -> Result<(), Error> {
+    /// Creates a member's volume unless it exists; a volume for a restore's
+    /// seed carries the restore's intent.
+    async fn ensure_volume(
+        &self,
+        member: &str,
+        restore: Option<&RestoreIntent>,
+    ) -> Result<(), Error> {
         if self.cluster.spec.storage.empty_dir {
             return Ok(());
         }
-        let mut pvc = objects::member_pvc(self.cluster, member);
+        let mut pvc = objects::member_pvc(self.cluster, member, restore);
         self.mark(&mut pvc.metadata);
         match self.pvcs.create(&PostParams::default(), &pvc).await {
             Ok(_) => Ok(()),
@@ -834,7 +923,7 @@ impl<'a> Pass<'a> {
         loop {
             let name = objects::member_name(&self.name, &objects::random_suffix());
             let taken = observation.plan.pods.iter().any(|p| p.member == name)
-                || observation.plan.volumes.contains(&name)
+                || observation.plan.volumes.iter().any(|v| v.member == name)
                 || observation.members().iter().any(|m| m.name == name);
             if !taken {
                 return name;
@@ -853,8 +942,8 @@ impl<'a> Pass<'a> {
     }
 
     /// What the seed restores, when it starts from a backup: the source
-    /// resolved and its snapshot verified.
-    async fn seed_restore(&self) -> Result<Option<SeedRestore>, SourceError> {
+    /// resolved and its snapshot verified, pinned to the SHA-256 checked.
+    async fn seed_restore(&self) -> Result<Option<RestoreIntent>, SourceError> {
         let Some(source) = self
             .cluster
             .spec
@@ -869,9 +958,8 @@ impl<'a> Pass<'a> {
         let mut resolved = source::resolve(&self.ctx.client, &namespace, source).await?;
         let summary = source::verify(&self.ctx.client, &namespace, &resolved).await?;
         resolved.location.sha256 = Some(summary.sha256);
-        Ok(Some(SeedRestore {
+        Ok(Some(RestoreIntent {
             source: resolved.location,
-            image: restore_image(),
             cluster_token: objects::cluster_token(self.cluster),
         }))
     }
@@ -882,23 +970,32 @@ impl<'a> Pass<'a> {
         step: &Step,
         observation: &Observation,
         version: &EtcdVersion,
-        seed_restore: Option<SeedRestore>,
+        seed_restore: Option<RestoreIntent>,
     ) -> Result<Action, Error> {
         let soon = Action::requeue(WAIT_REQUEUE);
         match step {
             Step::CreateSeed => {
                 let restored_from = seed_restore.as_ref().map(|r| r.source.url.clone());
                 let member = self.new_member_name(observation);
-                self.ensure_volume(&member).await?;
+                // The volume first, carrying the restore's intent: whatever
+                // happens to the pod, every pod on this volume restores from
+                // exactly this source until the data is there.
+                self.ensure_volume(&member, seed_restore.as_ref()).await?;
+                let start = match seed_restore {
+                    Some(intent) => PodStart::Restore(SeedRestore {
+                        intent,
+                        image: restore_image(),
+                    }),
+                    None => PodStart::Bootstrap,
+                };
                 let params = MemberPodParams {
                     initial_cluster: vec![(
                         member.clone(),
                         objects::peer_url(self.cluster, &member),
                     )],
                     member: member.clone(),
-                    initial_state: InitialState::New,
+                    start,
                     version: version.clone(),
-                    restore: seed_restore,
                 };
                 self.create_pod(&params).await?;
                 let note = match restored_from {
@@ -908,20 +1005,36 @@ impl<'a> Pass<'a> {
                 self.event(EventType::Normal, "SeedCreated", &note).await;
                 Ok(soon)
             }
-            Step::CreatePod { member } => {
-                self.ensure_volume(member).await?;
-                let state =
-                    if observation.plan.members.is_none() && observation.plan.volumes.len() <= 1 {
-                        InitialState::New
-                    } else {
-                        InitialState::Existing
-                    };
+            Step::CreatePod { member, start } => {
+                let start = match start {
+                    Start::New => PodStart::Bootstrap,
+                    Start::Restore => match observation.restore_intents.get(member) {
+                        Some(Ok(intent)) => PodStart::Restore(SeedRestore {
+                            intent: intent.clone(),
+                            image: restore_image(),
+                        }),
+                        Some(Err(message)) => return Err(Error::VolumeIntent(message.clone())),
+                        None => {
+                            return Err(Error::VolumeIntent(format!(
+                                "volume {member} was made for a restore, but its source is not readable"
+                            )));
+                        }
+                    },
+                    // A learner that never started: the only member that may
+                    // be given a new, empty volume.
+                    Start::Join => {
+                        self.ensure_volume(member, None).await?;
+                        PodStart::Join
+                    }
+                    Start::Resume => PodStart::Resume {
+                        image: restore_image(),
+                    },
+                };
                 let params = MemberPodParams {
                     member: member.clone(),
                     initial_cluster: self.initial_cluster(observation, Some(member)),
-                    initial_state: state,
+                    start,
                     version: version.clone(),
-                    restore: None,
                 };
                 self.create_pod(&params).await?;
                 self.event(
@@ -951,7 +1064,7 @@ impl<'a> Pass<'a> {
                     }
                     Err(e) => return Err(e.into()),
                 }
-                self.ensure_volume(&member).await?;
+                self.ensure_volume(&member, None).await?;
                 self.event(
                     EventType::Normal,
                     "MemberAdded",
@@ -961,9 +1074,8 @@ impl<'a> Pass<'a> {
                 let params = MemberPodParams {
                     member: member.clone(),
                     initial_cluster: self.initial_cluster(observation, Some(&member)),
-                    initial_state: InitialState::Existing,
+                    start: PodStart::Join,
                     version: version.clone(),
-                    restore: None,
                 };
                 self.create_pod(&params).await?;
                 Ok(soon)

@@ -35,9 +35,8 @@ fn params(cluster: &EtcdCluster, member: &str, others: &[&str]) -> MemberPodPara
     MemberPodParams {
         member: member.to_string(),
         initial_cluster,
-        initial_state: InitialState::New,
+        start: PodStart::Bootstrap,
         version: version("3.6.16"),
-        restore: None,
     }
 }
 
@@ -240,7 +239,7 @@ fn pvc_requests_the_storage_size_and_class() {
         },
         ..EtcdClusterSpec::default()
     });
-    let pvc = member_pvc(&c, "main-abcde");
+    let pvc = member_pvc(&c, "main-abcde", None);
     assert_eq!(pvc.metadata.name.as_deref(), Some("main-abcde"));
     assert_eq!(pvc.metadata.namespace.as_deref(), Some("db"));
     assert_eq!(
@@ -262,7 +261,9 @@ fn pvc_requests_the_storage_size_and_class() {
 
 #[test]
 fn pvc_uses_the_default_class_and_size_when_unset() {
-    let spec = member_pvc(&cluster(), "main-abcde").spec.expect("spec");
+    let spec = member_pvc(&cluster(), "main-abcde", None)
+        .spec
+        .expect("spec");
     assert_eq!(spec.storage_class_name, None);
     assert_eq!(
         spec.resources
@@ -281,7 +282,7 @@ fn retained_pvc_has_no_owner() {
         },
         ..EtcdClusterSpec::default()
     });
-    let pvc = member_pvc(&c, "main-abcde");
+    let pvc = member_pvc(&c, "main-abcde", None);
     assert_eq!(pvc.metadata.owner_references, None);
     // Still labelled, so that a new cluster of the same name can find it.
     assert_eq!(
@@ -329,7 +330,7 @@ fn member_pod_annotations_carry_version_and_initial_state() {
         ..EtcdClusterSpec::default()
     });
     let mut p = params(&c, "main-abcde", &["main-fghij"]);
-    p.initial_state = InitialState::Existing;
+    p.start = PodStart::Join;
     p.version = version("3.5.35");
     let pod = member_pod(&c, &p);
     assert_eq!(
@@ -437,9 +438,8 @@ fn initial_cluster_renders_name_equals_url_pairs_in_the_given_order() {
                 ("b".to_string(), "http://b:2380".to_string()),
                 ("a".to_string(), "http://a:2380".to_string()),
             ],
-            initial_state: InitialState::Existing,
+            start: PodStart::Join,
             version: version("3.6.16"),
-            restore: None,
         },
     );
     let args = args(&pod);
@@ -681,16 +681,18 @@ fn initial_state_flag_values() {
 
 fn restoring_params(cluster: &EtcdCluster, url: &str, secret: Option<&str>) -> MemberPodParams {
     MemberPodParams {
-        restore: Some(SeedRestore {
-            source: bosun_api::restore::SnapshotLocation {
-                url: url.to_string(),
-                credentials_secret: secret.map(str::to_string),
-                endpoint: Some("http://s3.bosun-system.svc:8333".to_string()),
-                region: None,
-                sha256: Some("ab".repeat(32)),
+        start: PodStart::Restore(SeedRestore {
+            intent: RestoreIntent {
+                source: bosun_api::restore::SnapshotLocation {
+                    url: url.to_string(),
+                    credentials_secret: secret.map(str::to_string),
+                    endpoint: Some("http://s3.bosun-system.svc:8333".to_string()),
+                    region: None,
+                    sha256: Some("ab".repeat(32)),
+                },
+                cluster_token: "main-restore-1".to_string(),
             },
             image: "bosun.dev/bosun:dev".to_string(),
-            cluster_token: "main-restore-1".to_string(),
         }),
         ..params(cluster, "main-abcde", &[])
     }
@@ -773,4 +775,116 @@ fn a_file_snapshot_is_mounted_read_only_from_its_directory() {
 #[test]
 fn members_without_restore_have_no_init_container() {
     assert_eq!(spec_of(&pod_of(&cluster())).init_containers, None);
+}
+
+#[test]
+fn a_restarting_member_checks_its_data_before_etcd_starts() {
+    let c = cluster();
+    let mut p = params(&c, "main-abcde", &["main-fghij"]);
+    p.start = PodStart::Resume {
+        image: "bosun.dev/bosun:dev".to_string(),
+    };
+    let pod = member_pod(&c, &p);
+    let init = spec_of(&pod)
+        .init_containers
+        .clone()
+        .expect("init containers");
+    assert_eq!(init.len(), 1);
+    assert_eq!(init[0].name, DATA_GUARD_CONTAINER);
+    assert_eq!(
+        init[0].args.clone().unwrap_or_default(),
+        vec!["check-member-data", "--data-dir=/var/lib/etcd/data"]
+    );
+    let mount = &init[0].volume_mounts.clone().expect("mounts")[0];
+    assert_eq!(mount.name, DATA_VOLUME);
+    assert_eq!(mount.read_only, Some(true));
+    assert!(args(&pod).contains(&"--initial-cluster-state=existing".to_string()));
+
+    // A learner's first start and a fresh seed need no check.
+    p.start = PodStart::Join;
+    assert!(spec_of(&member_pod(&c, &p)).init_containers.is_none());
+    assert!(spec_of(&pod_of(&c)).init_containers.is_none());
+}
+
+#[test]
+fn a_restore_volume_carries_its_intent_and_reads_back() {
+    let c = cluster();
+    let intent = RestoreIntent {
+        source: bosun_api::restore::SnapshotLocation {
+            url: "s3://b/k.db".to_string(),
+            credentials_secret: Some("creds".to_string()),
+            endpoint: None,
+            region: Some("eu".to_string()),
+            sha256: Some("cd".repeat(32)),
+        },
+        cluster_token: "main-uid".to_string(),
+    };
+    let pvc = member_pvc(&c, "main-abcde", Some(&intent));
+    assert_eq!(restore_intent_of(&pvc), Some(Ok(intent)));
+    assert!(!held_member(&pvc));
+    assert_eq!(restore_intent_of(&member_pvc(&c, "main-abcde", None)), None);
+
+    let mut garbled = pvc.clone();
+    garbled
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(
+            RESTORE_SOURCE_ANNOTATION.to_string(),
+            "{not json".to_string(),
+        );
+    let error = restore_intent_of(&garbled)
+        .expect("annotated")
+        .expect_err("unreadable");
+    assert!(error.contains("main-abcde"), "{error}");
+}
+
+fn pod_with_init_status(name: &str, state: serde_json::Value, last: serde_json::Value) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "m"},
+        "status": {"initContainerStatuses": [{
+            "name": name, "image": "i", "imageID": "", "ready": false, "restartCount": 1,
+            "state": state, "lastState": last,
+        }]},
+    }))
+    .expect("pod")
+}
+
+#[test]
+fn init_failures_are_read_from_the_container_status() {
+    let lost = pod_with_init_status(
+        DATA_GUARD_CONTAINER,
+        serde_json::json!({"waiting": {"reason": "CrashLoopBackOff"}}),
+        serde_json::json!({"terminated": {"exitCode": 3, "message": "holds no etcd member data"}}),
+    );
+    let failure = init_failure(&lost).expect("a failure");
+    assert!(failure.data_lost);
+    assert!(
+        failure.message.contains("holds no etcd member data"),
+        "{}",
+        failure.message
+    );
+
+    let restore = pod_with_init_status(
+        RESTORE_CONTAINER,
+        serde_json::json!({"terminated": {"exitCode": 1, "reason": "Error", "message": "sha256 mismatch"}}),
+        serde_json::json!({}),
+    );
+    let failure = init_failure(&restore).expect("a failure");
+    assert!(!failure.data_lost);
+    assert_eq!(failure.message, "restore: sha256 mismatch");
+
+    // Running again after a failure, or succeeded: no failure to report.
+    let rerun = pod_with_init_status(
+        RESTORE_CONTAINER,
+        serde_json::json!({"running": {}}),
+        serde_json::json!({"terminated": {"exitCode": 1}}),
+    );
+    assert_eq!(init_failure(&rerun), None);
+    let done = pod_with_init_status(
+        DATA_GUARD_CONTAINER,
+        serde_json::json!({"terminated": {"exitCode": 0}}),
+        serde_json::json!({}),
+    );
+    assert_eq!(init_failure(&done), None);
 }
