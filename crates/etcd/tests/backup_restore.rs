@@ -12,12 +12,14 @@ use std::time::Duration;
 use bosun_api::{EtcdBackup, EtcdCluster, EtcdRestore};
 use bosun_devcluster::fixture::{BackupDir, TestCluster};
 use bosun_devcluster::readiness::wait_until;
+use bosun_etcd::cluster::objects;
+use bosun_etcd::restore::member::REVISION_BUMP;
 use common::{
     DEADLINE, POLL, backup_condition, count_keys, etcd_client, member_pods, wait_for_backup_phase,
     wait_for_members,
 };
-use etcd_client::{Client as EtcdClient, GetOptions, Txn, TxnOp};
-use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Secret};
+use etcd_client::{Client as EtcdClient, GetOptions, Txn, TxnOp, WatchOptions};
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod, Secret};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 
@@ -154,6 +156,43 @@ async fn wait_for_restore_phase(api: &Api<EtcdRestore>, name: &str, phase: &str)
     api.get(name).await.expect("get restore")
 }
 
+/// A watch that resumes at `revision`, one a watcher of the old cluster
+/// could have saved, is cancelled as compacted: it must re-list.
+async fn assert_resumed_watch_is_compacted(etcd: &mut EtcdClient, revision: i64) {
+    let mut stream = etcd
+        .watch(
+            "/k/",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision),
+            ),
+        )
+        .await
+        .expect("watch");
+    let response = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let response = stream
+                .message()
+                .await
+                .expect("watch stream")
+                .expect("a response");
+            if response.canceled() || !response.events().is_empty() {
+                return response;
+            }
+        }
+    })
+    .await
+    .expect("the watch answers");
+    assert!(
+        response.canceled() && response.compact_revision() > revision,
+        "a watch from revision {revision} after a restore: canceled {}, compact revision {}, {} events",
+        response.canceled(),
+        response.compact_revision(),
+        response.events().len()
+    );
+}
+
 /// Every Event message in a namespace.
 async fn event_messages(cluster: &TestCluster, ns: &str) -> Vec<String> {
     let events: Api<Event> = Api::namespaced(cluster.client.clone(), ns);
@@ -236,7 +275,16 @@ async fn backup_to_s3_then_restore_a_new_cluster_and_an_existing_one() {
         .header()
         .map(|h| h.revision())
         .unwrap_or_default();
-    assert_eq!(revision, record.revision, "the snapshot's revision");
+    // etcd's restore guidance: the revision moves past any the old cluster
+    // reached, and what lies between is compacted, so a watcher resuming
+    // at a revision it saw before is told to re-list instead of silently
+    // missing events.
+    assert!(
+        revision >= record.revision + REVISION_BUMP,
+        "revision {revision} after restoring a snapshot at {}",
+        record.revision
+    );
+    assert_resumed_watch_is_compacted(&mut etcd, record.revision + 1).await;
 
     // (b) More keys, then an EtcdRestore of the same backup: back to exactly those keys.
     write_keys(&mut etcd, 10_000, 10_500).await;
@@ -481,4 +529,88 @@ async fn corrupt_and_truncated_snapshots_are_refused_and_the_cluster_is_untouche
     tokio::time::timeout(Duration::from_secs(10), assert_exactly_keys(&mut etcd, 400))
         .await
         .expect("keys readable");
+}
+
+/// Invariant: a volume made for a restore never starts a member empty.
+/// The seed of a cluster bootstrapped from a backup loses its pod before
+/// etcd ever ran on the volume (deleted at once, as a drain, an admission
+/// refusal or an operator stopped between the PVC and the pod would leave
+/// it); every key of the backup must still be there, read from etcd itself.
+#[tokio::test]
+async fn restore_seed_pod_lost_mid_restore_keeps_every_key() {
+    let cluster = TestCluster::connect().await;
+    let ns = cluster.namespace("restore-seed-lost").await;
+    copy_s3_credentials(&cluster, &ns.name, "s3-credentials").await;
+    let clusters: Api<EtcdCluster> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let backups: Api<EtcdBackup> = Api::namespaced(cluster.client.clone(), &ns.name);
+    create_db(&clusters, &ns.name, 1, None).await;
+    let mut etcd = etcd_client(&cluster, &ns.name, "db").await;
+    write_keys(&mut etcd, 0, 1_500).await;
+    drop(etcd);
+    backups
+        .create(
+            &PostParams::default(),
+            &s3_backup(&ns.name, "once", BUCKET, "s3-credentials"),
+        )
+        .await
+        .expect("create backup");
+    wait_for_backup_phase(&backups, "once", "Succeeded").await;
+
+    let seeded: EtcdCluster = serde_json::from_value(serde_json::json!({
+        "apiVersion": "etcd.bosun.dev/v1alpha1", "kind": "EtcdCluster",
+        "metadata": {"name": "seeded", "namespace": ns.name},
+        "spec": {"size": 3, "storage": {"size": "256Mi"},
+                 "bootstrap": {"restore": {"source": {"backup": {"name": "once"}}}}},
+    }))
+    .expect("cluster");
+    clusters
+        .create(&PostParams::default(), &seeded)
+        .await
+        .expect("create");
+    // The seed pod, deleted the moment it exists: before its restore init
+    // container has finished, so etcd never ran on the volume.
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
+    wait_until(
+        "the seed pod to exist",
+        DEADLINE,
+        Duration::from_millis(20),
+        || async { Ok(!member_pods(&cluster, &ns.name, "seeded").await.is_empty()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let seed = member_pods(&cluster, &ns.name, "seeded").await.remove(0);
+    let seed_name = seed.metadata.name.clone().expect("name");
+    let etcd_started = seed
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c.name == "etcd" && c.state.as_ref().is_some_and(|s| s.running.is_some()))
+        });
+    assert!(
+        !etcd_started,
+        "etcd already ran before the seed pod was deleted"
+    );
+    pods.delete(
+        &seed_name,
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        },
+    )
+    .await
+    .expect("delete the seed pod");
+
+    wait_for_members(&clusters, "seeded", 3).await;
+    let mut etcd = etcd_client(&cluster, &ns.name, "seeded").await;
+    assert_exactly_keys(&mut etcd, 1_500).await;
+    // The volume still names the restore it was made for.
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let seed_volume = pvcs.get(&seed_name).await.expect("the seed's volume");
+    assert!(
+        objects::restore_intent_of(&seed_volume).is_some_and(|i| i.is_ok()),
+        "{:?}",
+        seed_volume.metadata.annotations
+    );
 }

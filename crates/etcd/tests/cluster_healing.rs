@@ -1,7 +1,9 @@
 //! Faults of one member heal back to full size with every key: a killed
 //! etcd process (restarted in place by its pod), a deleted pod (recreated on
 //! its volume with the same identity) and a deleted pod with its volume
-//! (the member is replaced by a new one).
+//! (the member is replaced by a new one), and a volume emptied under a
+//! member (the member is replaced, never restarted empty under its old
+//! identity).
 
 mod common;
 
@@ -12,7 +14,7 @@ use bosun_api::EtcdCluster;
 use bosun_devcluster::fixture::{TestCluster, kill_container_from_host};
 use bosun_devcluster::readiness::wait_until;
 use common::{DEADLINE, POLL, count_keys, etcd_client, member_pods, wait_for_members};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 
@@ -145,4 +147,94 @@ async fn member_faults_heal_to_full_size_with_every_key() {
         started.elapsed().as_secs_f64()
     );
     assert_all_keys(&cluster, &ns.name).await;
+}
+
+/// Invariant: no member restarts under its old identity on a volume that
+/// lost its data (raft amnesia: it would rejoin with an empty log and vote
+/// with it). The volume of one member of three is emptied on the node and
+/// its pod deleted; judged by etcd's own member list and keys.
+#[tokio::test]
+async fn a_member_whose_volume_was_emptied_is_replaced_and_never_rejoins_empty() {
+    let cluster = TestCluster::connect().await;
+    let ns = cluster.namespace("etcd-amnesia").await;
+    let api: Api<EtcdCluster> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let object: EtcdCluster = serde_json::from_value(serde_json::json!({
+        "apiVersion": "etcd.bosun.dev/v1alpha1", "kind": "EtcdCluster",
+        "metadata": {"name": "amnesia", "namespace": ns.name},
+        "spec": {"size": 3, "storage": {"size": "256Mi"}}
+    }))
+    .expect("cluster object");
+    api.create(&PostParams::default(), &object)
+        .await
+        .expect("create cluster");
+    wait_for_members(&api, "amnesia", 3).await;
+    let mut etcd = etcd_client(&cluster, &ns.name, "amnesia").await;
+    for i in 0..KEYS {
+        etcd.put(format!("/heal/{i:04}"), "v", None)
+            .await
+            .expect("put");
+    }
+    let members_before = etcd.member_list().await.expect("member list");
+    let victim = member_pods(&cluster, &ns.name, "amnesia").await.remove(0);
+    let victim_name = victim.metadata.name.clone().expect("pod name");
+    let victim_id = members_before
+        .members()
+        .iter()
+        .find(|m| m.name() == victim_name)
+        .map(|m| m.id())
+        .expect("the victim is a member");
+
+    // Empty the volume where it lies on the node, then take the pod away,
+    // as a re-provisioned or wiped disk would leave it.
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let pv_name = pvcs
+        .get(&victim_name)
+        .await
+        .expect("the victim's PVC")
+        .spec
+        .and_then(|s| s.volume_name)
+        .expect("a bound volume");
+    let pv = Api::<PersistentVolume>::all(cluster.client.clone())
+        .get(&pv_name)
+        .await
+        .expect("the PV");
+    let host_dir = pv
+        .spec
+        .and_then(|s| s.host_path)
+        .map(|h| h.path)
+        .expect("a hostPath volume");
+    std::fs::remove_dir_all(std::path::Path::new(&host_dir).join("data"))
+        .expect("empty the volume");
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
+    pods.delete(
+        &victim_name,
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        },
+    )
+    .await
+    .expect("delete the pod");
+
+    // etcd itself must show the member replaced: its ID gone, three
+    // started members, none of them the victim.
+    wait_until("the emptied member to be replaced", DEADLINE, POLL, || {
+        let cluster = &cluster;
+        let ns = ns.name.clone();
+        let victim_name = victim_name.clone();
+        async move {
+            let mut etcd = etcd_client(cluster, &ns, "amnesia").await;
+            let list = etcd.member_list().await.map_err(|e| e.to_string())?;
+            let members = list.members();
+            Ok(members.len() == 3
+                && members.iter().all(|m| {
+                    m.id() != victim_id && m.name() != victim_name && !m.name().is_empty()
+                }))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    wait_for_members(&api, "amnesia", 3).await;
+    let mut etcd = etcd_client(&cluster, &ns.name, "amnesia").await;
+    assert_eq!(count_keys(&mut etcd, "/heal/").await, KEYS as i64);
 }
