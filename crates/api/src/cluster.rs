@@ -350,6 +350,40 @@ pub struct EtcdClusterStatus {
     /// The address clients use: the client Service's host and port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_endpoint: Option<String>,
+    /// The cluster controller's acknowledgement of the last in-place
+    /// restore (EtcdRestore) it carried out: an EtcdRestore succeeds only
+    /// when this names its uid with outcome Succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreAcknowledgement>,
+}
+
+/// What the cluster controller says of an in-place restore it took on.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreAcknowledgement {
+    /// The EtcdRestore's name.
+    pub name: String,
+    /// The EtcdRestore's uid.
+    pub uid: String,
+    /// InProgress once the controller has taken the restore on (before it
+    /// wipes anything), then Succeeded.
+    pub outcome: RestoreOutcome,
+    /// The etcd revision of the snapshot the cluster was restored to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// What the controller last said about it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// Where the cluster controller stands with an in-place restore.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RestoreOutcome {
+    /// Taken on: members are being stopped, restored and regrown.
+    #[default]
+    InProgress,
+    /// The cluster holds the snapshot's data at full size.
+    Succeeded,
 }
 
 /// One-word summary of an EtcdCluster's state.

@@ -112,6 +112,24 @@ pub struct EtcdRestoreStatus {
     /// The etcd revision of the restored snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_revision: Option<i64>,
+    /// The snapshot this restore is pinned to: resolved once from
+    /// spec.source and verified before the cluster is touched; the restore
+    /// uses exactly this object, whatever happens to the backup's list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<PinnedSnapshot>,
+}
+
+/// A snapshot a restore is pinned to.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PinnedSnapshot {
+    /// Where it is, with the SHA-256 that was verified.
+    pub location: SnapshotLocation,
+    /// Its size in bytes.
+    pub size: i64,
+    /// The etcd revision it holds, when a backup recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
 }
 
 /// Phase of an EtcdRestore.

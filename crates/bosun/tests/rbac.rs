@@ -44,12 +44,15 @@ const CLUSTER_ROLE: &[(&str, &str, &str)] = &[
     ("etcd.bosun.dev", "etcdclusters", "list"),
     ("etcd.bosun.dev", "etcdclusters", "watch"),
     // backup/reconcile.rs `take_backup`: clusters.get_opt(cluster_name);
-    // restore/reconcile.rs `reconcile`: clusters.get_opt(cluster_name).
+    // restore/reconcile.rs `reconcile`: clusters.get_opt(cluster_name);
+    // cluster/reconcile/in_place_restore.rs `remove_restore_mark`: api.get_opt.
     ("etcd.bosun.dev", "etcdclusters", "get"),
     // restore/reconcile.rs `reconcile`: clusters.patch (sets the restore
-    // annotation); cluster/reconcile.rs `remove_restore_annotation`: api.patch.
+    // annotation); cluster/reconcile/in_place_restore.rs
+    // `remove_restore_mark`: api.patch.
     ("etcd.bosun.dev", "etcdclusters", "patch"),
-    // cluster/reconcile.rs `write_status`: api.patch_status.
+    // cluster/reconcile.rs `write_status` and in_place_restore.rs
+    // `write_acknowledgement`: api.patch_status.
     ("etcd.bosun.dev", "etcdclusters/status", "patch"),
     // cluster/objects.rs `owner_reference`: blockOwnerDeletion on pods,
     // volumes, Services and the PDB; the OwnerReferencesPermissionEnforcement
@@ -64,10 +67,12 @@ const CLUSTER_ROLE: &[(&str, &str, &str)] = &[
     ("etcd.bosun.dev", "etcdbackups", "get"),
     // backup/reconcile.rs `write_status`: api.patch_status.
     ("etcd.bosun.dev", "etcdbackups/status", "patch"),
-    // restore/reconcile.rs `run`: Controller::new(Api::<EtcdRestore>::all).
+    // restore/reconcile.rs `run`: Controller::new(Api::<EtcdRestore>::all);
+    // backup/reconcile.rs `reconcile`: restores.list (a restore holds backups).
     ("etcd.bosun.dev", "etcdrestores", "list"),
     ("etcd.bosun.dev", "etcdrestores", "watch"),
-    // cluster/reconcile.rs `restore_in_place`: restores.get_opt(restore_name).
+    // cluster/reconcile/in_place_restore.rs `restore_in_place`:
+    // restores.get_opt(restore_name); restore/reconcile.rs `mark_is_live`.
     ("etcd.bosun.dev", "etcdrestores", "get"),
     // restore/reconcile.rs `write_status`: api.patch_status.
     ("etcd.bosun.dev", "etcdrestores/status", "patch"),

@@ -20,8 +20,8 @@ use common::{
 };
 use etcd_client::{Client as EtcdClient, GetOptions, Txn, TxnOp, WatchOptions};
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod, Secret};
-use kube::Api;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
 
 /// The dev cluster's S3 endpoint, as a pod (and the operator) names it.
 const S3_ENDPOINT: &str = "http://s3.bosun-system.svc";
@@ -612,5 +612,190 @@ async fn restore_seed_pod_lost_mid_restore_keeps_every_key() {
         objects::restore_intent_of(&seed_volume).is_some_and(|i| i.is_ok()),
         "{:?}",
         seed_volume.metadata.annotations
+    );
+}
+
+/// Sets (or with `None` clears) `spec.paused` of EtcdCluster `db`.
+async fn set_paused(clusters: &Api<EtcdCluster>, paused: bool) {
+    clusters
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"paused": paused}})),
+        )
+        .await
+        .expect("pause or resume the cluster");
+}
+
+/// The uids of the cluster's member pods and volumes.
+async fn member_object_uids(cluster: &TestCluster, ns: &str) -> Vec<String> {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), ns);
+    let mut uids: Vec<String> = member_pods(cluster, ns, "db")
+        .await
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
+    uids.extend(
+        pvcs.list(&ListParams::default().labels(&objects::label_selector("db")))
+            .await
+            .expect("list volumes")
+            .items
+            .iter()
+            .filter_map(|p| p.metadata.uid.clone()),
+    );
+    uids.sort();
+    uids
+}
+
+/// Asserts over `window` that the cluster's pods and volumes stay exactly
+/// `uids` (nothing wiped, nothing replaced).
+async fn assert_untouched_for(cluster: &TestCluster, ns: &str, uids: &[String], window: Duration) {
+    let until = std::time::Instant::now() + window;
+    while std::time::Instant::now() < until {
+        assert_eq!(
+            member_object_uids(cluster, ns).await,
+            uids,
+            "the cluster's pods or volumes changed"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn restore_of(ns: &str, name: &str, source: &serde_json::Value) -> EtcdRestore {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "etcd.bosun.dev/v1alpha1", "kind": "EtcdRestore",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"clusterName": "db", "source": source},
+    }))
+    .expect("restore object")
+}
+
+/// Invariants of the in-place restore protocol: a restore pins its snapshot
+/// once and uses exactly that one even when a newer backup is asked for
+/// meanwhile (held until the restore ends); a second restore of a cluster
+/// with one in flight is refused and touches nothing; the restore succeeds
+/// only on the cluster controller's acknowledgement; and a stale mark (a
+/// restore that does not exist, or has finished) wipes nothing. Judged by
+/// the keys etcd holds and the pods and volumes the API server lists.
+#[tokio::test]
+async fn restores_pin_their_snapshot_one_at_a_time_and_stale_marks_wipe_nothing() {
+    let cluster = TestCluster::connect().await;
+    let ns = cluster.namespace("restore-protocol").await;
+    copy_s3_credentials(&cluster, &ns.name, "s3-credentials").await;
+    let clusters: Api<EtcdCluster> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let backups: Api<EtcdBackup> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let restores: Api<EtcdRestore> = Api::namespaced(cluster.client.clone(), &ns.name);
+    create_db(&clusters, &ns.name, 1, None).await;
+    let mut etcd = etcd_client(&cluster, &ns.name, "db").await;
+    write_keys(&mut etcd, 0, 200).await;
+    backups
+        .create(
+            &PostParams::default(),
+            &s3_backup(&ns.name, "first", BUCKET, "s3-credentials"),
+        )
+        .await
+        .expect("create backup");
+    wait_for_backup_phase(&backups, "first", "Succeeded").await;
+    write_keys(&mut etcd, 200, 300).await;
+    drop(etcd);
+
+    // Paused, the cluster controller takes nothing on: restore A pins and
+    // marks, and then holds the mark.
+    set_paused(&clusters, true).await;
+    let before = member_object_uids(&cluster, &ns.name).await;
+    let source = serde_json::json!({"backup": {"name": "first"}});
+    restores
+        .create(&PostParams::default(), &restore_of(&ns.name, "a", &source))
+        .await
+        .expect("create restore a");
+    let a = wait_for_restore_phase(&restores, "a", "Running").await;
+    let pinned = a
+        .status
+        .and_then(|s| s.pinned)
+        .expect("a running restore has pinned its snapshot");
+    assert!(
+        pinned.location.sha256.is_some() && pinned.size > 0,
+        "{pinned:?}"
+    );
+
+    // A backup asked for now is held: it would change what index 0 means,
+    // and its retention could prune the pinned object.
+    backups
+        .create(
+            &PostParams::default(),
+            &s3_backup(&ns.name, "meanwhile", BUCKET, "s3-credentials"),
+        )
+        .await
+        .expect("create backup");
+    // B, while A is in flight: refused, nothing touched.
+    restores
+        .create(&PostParams::default(), &restore_of(&ns.name, "b", &source))
+        .await
+        .expect("create restore b");
+    let b = wait_for_restore_phase(&restores, "b", "Failed").await;
+    let refusal = b
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Failed")
+        .expect("Failed condition");
+    assert_eq!(refusal.reason, "RestoreInProgress", "{}", refusal.message);
+    assert_untouched_for(&cluster, &ns.name, &before, Duration::from_secs(5)).await;
+    let meanwhile = backups.get("meanwhile").await.expect("get backup");
+    assert!(
+        meanwhile.status.and_then(|s| s.phase).is_none(),
+        "a backup ran while a restore had its snapshot pinned"
+    );
+
+    // Resumed: A is carried out, from exactly the pinned snapshot.
+    set_paused(&clusters, false).await;
+    let a = wait_for_restore_phase(&restores, "a", "Succeeded").await;
+    let acknowledged = clusters
+        .get("db")
+        .await
+        .expect("get cluster")
+        .status
+        .and_then(|s| s.restore)
+        .expect("the cluster controller's acknowledgement");
+    assert_eq!(acknowledged.uid, a.metadata.uid.clone().expect("uid"));
+    wait_for_members(&clusters, "db", 1).await;
+    let mut etcd = etcd_client(&cluster, &ns.name, "db").await;
+    assert_exactly_keys(&mut etcd, 200).await;
+    wait_for_backup_phase(&backups, "meanwhile", "Succeeded").await;
+
+    // Stale marks: one naming no EtcdRestore (an exported object applied
+    // again), one naming the finished A. Neither wipes anything.
+    let restored = member_object_uids(&cluster, &ns.name).await;
+    let a_uid = a.metadata.uid.clone().expect("uid");
+    for stale in [
+        "ghost/00000000-0000-0000-0000-000000000000".to_string(),
+        format!("a/{a_uid}"),
+    ] {
+        clusters
+            .patch(
+                "db",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"metadata": {"annotations": {
+                    objects::RESTORE_ANNOTATION: stale,
+                }}})),
+            )
+            .await
+            .expect("set a stale mark");
+        wait_until("the stale mark to be removed", DEADLINE, POLL, || async {
+            let c = clusters.get("db").await.map_err(|e| e.to_string())?;
+            Ok(!c.annotations().contains_key(objects::RESTORE_ANNOTATION))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_untouched_for(&cluster, &ns.name, &restored, Duration::from_secs(3)).await;
+    }
+    assert_exactly_keys(&mut etcd, 200).await;
+    assert!(
+        event_messages(&cluster, &ns.name)
+            .await
+            .iter()
+            .any(|m| m.contains("names no live, pinned EtcdRestore")),
+        "an event says why a stale mark was removed"
     );
 }

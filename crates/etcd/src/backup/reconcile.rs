@@ -16,7 +16,7 @@ use bosun_api::backup::{
 };
 use bosun_api::conditions::{COMPLETE, FAILED, reasons};
 use bosun_api::validation::{parse_schedule, validate_backup};
-use bosun_api::{EtcdBackup, EtcdCluster};
+use bosun_api::{EtcdBackup, EtcdCluster, EtcdRestore};
 use chrono::Utc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -157,6 +157,24 @@ pub async fn reconcile(cached: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Act
         return refuse_spec(&ctx, backup, status, &errors.to_string()).await;
     }
 
+    // A restore of the cluster has pinned a snapshot: no backup runs (and
+    // so no retention prunes anything) until it ends, so the pinned object
+    // stays, and no backup of a half-restored cluster is recorded.
+    let restores: Api<EtcdRestore> =
+        Api::namespaced(ctx.client.clone(), &backup.namespace().unwrap_or_default());
+    if let Some(restore) = holding_restore(
+        &restores.list(&ListParams::default()).await?.items,
+        &backup.spec.cluster_name,
+    ) {
+        let message = format!(
+            "held while EtcdRestore {restore} restores EtcdCluster {}",
+            backup.spec.cluster_name
+        );
+        tracing::info!("{message}");
+        event(&ctx, backup, EventType::Normal, "BackupHeld", &message).await;
+        return Ok(Action::requeue(RESTORE_HOLD_RECHECK));
+    }
+
     let Some(schedule_text) = &backup.spec.schedule else {
         // One-shot: runs until it has an outcome; `Running` means a run was
         // interrupted, so it runs again.
@@ -220,6 +238,22 @@ pub async fn reconcile(cached: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Act
             Ok(Action::requeue(wait + Duration::from_millis(50)))
         }
     }
+}
+
+/// How often a backup held by a restore looks again.
+const RESTORE_HOLD_RECHECK: Duration = Duration::from_secs(5);
+
+/// The name of a live restore of `cluster` that has pinned its snapshot
+/// (see `restore::reconcile::live_pin`), if any.
+fn holding_restore(restores: &[EtcdRestore], cluster: &str) -> Option<String> {
+    restores
+        .iter()
+        .filter(|r| r.spec.cluster_name == cluster)
+        .find(|r| {
+            r.uid()
+                .is_some_and(|uid| crate::restore::reconcile::live_pin(r, &uid).is_some())
+        })
+        .map(ResourceExt::name_any)
 }
 
 /// Fails an EtcdBackup whose spec cannot run, until the spec changes.
@@ -637,4 +671,45 @@ async fn write_status(
 
 async fn event(ctx: &Context, backup: &EtcdBackup, type_: EventType, reason: &str, note: &str) {
     controller::publish(&ctx.recorder, backup, type_, reason, "Backup", note).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bosun_api::restore::{EtcdRestoreStatus, RestorePhase};
+
+    fn restore(cluster: &str, phase: RestorePhase, pinned: bool) -> EtcdRestore {
+        let mut restore: EtcdRestore = serde_json::from_value(serde_json::json!({
+            "apiVersion": "etcd.bosun.dev/v1alpha1", "kind": "EtcdRestore",
+            "metadata": {"name": format!("{cluster}-{phase:?}"), "namespace": "ns", "uid": "u"},
+            "spec": {"clusterName": cluster, "source": {"backup": {"name": "b"}}},
+        }))
+        .expect("restore");
+        let pinned: Option<bosun_api::restore::PinnedSnapshot> = pinned.then(|| {
+            serde_json::from_value(serde_json::json!({"location": {"url": "s3://b/k"}, "size": 1}))
+                .expect("pin")
+        });
+        restore.status = Some(EtcdRestoreStatus {
+            phase: Some(phase),
+            pinned,
+            ..EtcdRestoreStatus::default()
+        });
+        restore
+    }
+
+    #[test]
+    fn backups_are_held_only_by_a_live_pinned_restore_of_their_cluster() {
+        let restores = [
+            restore("other", RestorePhase::Running, true),
+            restore("db", RestorePhase::Succeeded, true),
+            restore("db", RestorePhase::Pending, false),
+        ];
+        assert_eq!(holding_restore(&restores, "db"), None);
+        let mut restores = restores.to_vec();
+        restores.push(restore("db", RestorePhase::Running, true));
+        assert_eq!(
+            holding_restore(&restores, "db").as_deref(),
+            Some("db-Running")
+        );
+    }
 }

@@ -58,12 +58,23 @@ pub const RESTORE_ANNOTATION: &str = "etcd.bosun.dev/restore";
 /// the EtcdRestore's uid. What lacks it predates the restore and is wiped.
 pub const RESTORE_ID_ANNOTATION: &str = "etcd.bosun.dev/restore-id";
 
-/// The in-place restore an EtcdCluster is under, as `(name, uid)` of the
-/// EtcdRestore.
+/// The in-place restore an EtcdCluster is marked for, as `(name, uid)` of
+/// the EtcdRestore. A mark is a request, not a fact: the cluster controller
+/// acts on it only for a live, pinned EtcdRestore of that uid.
 pub fn restore_in_progress(cluster: &EtcdCluster) -> Option<(String, String)> {
-    let value = cluster.annotations().get(RESTORE_ANNOTATION)?;
-    let (name, uid) = value.split_once('/')?;
-    (!name.is_empty() && !uid.is_empty()).then(|| (name.to_string(), uid.to_string()))
+    let (name, uid) = parse_restore_mark(cluster.annotations().get(RESTORE_ANNOTATION)?)?;
+    Some((name.to_string(), uid.to_string()))
+}
+
+/// The value of [`RESTORE_ANNOTATION`] for an EtcdRestore: `<name>/<uid>`.
+pub fn restore_mark(name: &str, uid: &str) -> String {
+    format!("{name}/{uid}")
+}
+
+/// `(name, uid)` of a [`restore_mark`]; `None` for anything else.
+pub fn parse_restore_mark(mark: &str) -> Option<(&str, &str)> {
+    let (name, uid) = mark.split_once('/')?;
+    (!name.is_empty() && !uid.is_empty()).then_some((name, uid))
 }
 
 /// The annotation on a PVC made for a restore: the [`RestoreIntent`] (as

@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bosun_api::EtcdCluster;
 use bosun_api::cluster::{ClusterPhase, MemberStatus};
 use bosun_api::conditions::{self, reasons};
 use bosun_api::validation::{check_version_change, validate_cluster};
 use bosun_api::version::EtcdVersion;
-use bosun_api::{EtcdCluster, EtcdRestore};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::{ClusterLabels, EtcdMetrics, Telemetry};
 
+mod in_place_restore;
+
 use super::objects::{self, MemberPodParams, PodStart, RestoreIntent, SeedRestore};
 use super::plan::{
     self, Desired, MemberView, Observed, PodView, RemoveReason, Start, Step, VolumeView,
@@ -33,6 +35,7 @@ use crate::controller;
 use crate::members::{self, EtcdError, EtcdMembers};
 use crate::restore::source::{self, SourceError};
 use crate::status::set_condition;
+use in_place_restore::InPlace;
 
 /// The image of a restoring seed's init container: `bosun` with etcd's
 /// `etcdutl`. `BOSUN_IMAGE` names it (an installed operator sets it to its
@@ -229,13 +232,15 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
     }
 
     let (target, refusal, held) = pass.target_version(&observation);
-    let restoring = objects::restore_in_progress(&cluster);
-    if let Some((restore_name, restore_uid)) = &restoring
-        && let Some(action) = pass
-            .restore_in_place(restore_name, restore_uid, &observation, &target)
+    let mut regrowing = None;
+    if let Some((restore_name, restore_uid)) = objects::restore_in_progress(&cluster) {
+        match pass
+            .restore_in_place(&restore_name, &restore_uid, &observation, &target)
             .await?
-    {
-        return Ok(action);
+        {
+            InPlace::Busy(action) => return Ok(action),
+            InPlace::Regrowing(restore) => regrowing = Some(restore),
+        }
     }
     if let Some(message) = &refusal {
         pass.event(EventType::Warning, reasons::VERSION_CHANGE_REFUSED, message)
@@ -282,16 +287,11 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
         .carry_out(&step, &observation, &target, seed_restore)
         .await?;
     if step == Step::Done
-        && let Some((restore_name, _)) = &restoring
+        && let Some(restore) = &regrowing
     {
-        // Restored and grown to full size: the cluster is the user's again.
-        pass.remove_restore_annotation().await?;
-        pass.event(
-            EventType::Normal,
-            "Restored",
-            &format!("restored from EtcdRestore {restore_name} and back to full size"),
-        )
-        .await;
+        // Restored and grown to full size: acknowledged first, then the
+        // cluster is the user's again.
+        pass.finish_restore(restore).await?;
     }
     let step = match step {
         Step::Done if held => {
@@ -478,144 +478,6 @@ impl<'a> Pass<'a> {
                 .as_ref()
                 .and_then(|a| a.get(objects::RESTORE_ID_ANNOTATION))
                 == self.restore_id.as_ref()
-    }
-
-    /// An in-place restore (an EtcdRestore): stop every member and wipe its
-    /// volume, then seed from the backup; after that the usual plan grows
-    /// the cluster. Returns an action while the restore needs the pass to
-    /// itself, `None` when the usual plan may go on.
-    async fn restore_in_place(
-        &self,
-        restore_name: &str,
-        restore_uid: &str,
-        observation: &Observation,
-        version: &EtcdVersion,
-    ) -> Result<Option<Action>, Error> {
-        let namespace = self.ns();
-        let restores: Api<EtcdRestore> = Api::namespaced(self.ctx.client.clone(), &namespace);
-        let Some(restore) = restores
-            .get_opt(restore_name)
-            .await?
-            .filter(|r| r.uid().as_deref() == Some(restore_uid))
-        else {
-            self.event(
-                EventType::Warning,
-                "RestoreAbandoned",
-                &format!("EtcdRestore {restore_name} is gone; the restore stops here"),
-            )
-            .await;
-            self.remove_restore_annotation().await?;
-            return Ok(Some(Action::requeue(WAIT_REQUEUE)));
-        };
-
-        let selector = ListParams::default().labels(&objects::label_selector(&self.name));
-        let pods = self.pods.list(&selector).await?.items;
-        let pvcs = self.pvcs.list(&selector).await?.items;
-        let old_pods: Vec<&Pod> = pods
-            .iter()
-            .filter(|p| !self.is_marked(&p.metadata))
-            .collect();
-        let old_pvcs: Vec<&PersistentVolumeClaim> = pvcs
-            .iter()
-            .filter(|p| !self.is_marked(&p.metadata))
-            .collect();
-        if !old_pods.is_empty() || !old_pvcs.is_empty() {
-            for pod in old_pods
-                .iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none())
-            {
-                self.delete_ignoring_absent(
-                    self.pods
-                        .delete(&pod.name_any(), &DeleteParams::default())
-                        .await
-                        .map(drop),
-                )?;
-            }
-            for pvc in old_pvcs
-                .iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none())
-            {
-                self.delete_ignoring_absent(
-                    self.pvcs
-                        .delete(&pvc.name_any(), &DeleteParams::default())
-                        .await
-                        .map(drop),
-                )?;
-            }
-            let message = format!(
-                "restoring from EtcdRestore {restore_name}: stopping {} member pod(s) and deleting {} volume(s)",
-                old_pods.len(),
-                old_pvcs.len()
-            );
-            self.write_status(ClusterPhase::Restoring, Some(observation), |c| {
-                set_condition(
-                    c,
-                    conditions::PROGRESSING,
-                    true,
-                    "Restoring",
-                    &message,
-                    self.generation,
-                );
-                set_condition(
-                    c,
-                    conditions::AVAILABLE,
-                    false,
-                    "Restoring",
-                    &message,
-                    self.generation,
-                );
-            })
-            .await?;
-            return Ok(Some(Action::requeue(Duration::from_secs(1))));
-        }
-        if !pods.is_empty() || !pvcs.is_empty() {
-            return Ok(None);
-        }
-
-        // Nothing left: the seed, from the backup.
-        let seed = async {
-            let mut resolved =
-                source::resolve(&self.ctx.client, &namespace, &restore.spec.source).await?;
-            let summary = source::verify(&self.ctx.client, &namespace, &resolved).await?;
-            resolved.location.sha256 = Some(summary.sha256);
-            Ok::<_, SourceError>(RestoreIntent {
-                source: resolved.location,
-                cluster_token: format!("{}-{restore_uid}", self.name),
-            })
-        }
-        .await;
-        match seed {
-            Ok(seed) => {
-                let action = self
-                    .carry_out(&Step::CreateSeed, observation, version, Some(seed))
-                    .await?;
-                Ok(Some(action))
-            }
-            Err(e) => {
-                self.event(EventType::Warning, e.reason, &e.message).await;
-                self.write_status(ClusterPhase::Degraded, Some(observation), |c| {
-                    set_condition(
-                        c,
-                        conditions::DEGRADED,
-                        true,
-                        e.reason,
-                        &e.message,
-                        self.generation,
-                    );
-                })
-                .await?;
-                Ok(Some(Action::requeue(Duration::from_secs(15))))
-            }
-        }
-    }
-
-    async fn remove_restore_annotation(&self) -> Result<(), Error> {
-        let api: Api<EtcdCluster> = Api::namespaced(self.ctx.client.clone(), &self.ns());
-        let patch =
-            serde_json::json!({"metadata": {"annotations": {objects::RESTORE_ANNOTATION: null}}});
-        api.patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
-        Ok(())
     }
 
     fn delete_ignoring_absent(&self, result: Result<(), kube::Error>) -> Result<(), Error> {
@@ -1172,6 +1034,9 @@ impl<'a> Pass<'a> {
         conditions: impl FnOnce(&mut Vec<Condition>),
     ) -> Result<(), Error> {
         let mut status = self.cluster.status.clone().unwrap_or_default();
+        // The restore acknowledgement is written on its own (see
+        // in_place_restore); this pass's copy may be stale.
+        status.restore = None;
         status.phase = Some(phase);
         status.observed_generation = self.generation;
         status.client_endpoint = Some(objects::client_endpoint(self.cluster));
