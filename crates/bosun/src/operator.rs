@@ -23,7 +23,9 @@ pub struct OperatorArgs {
     #[arg(long, value_name = "PATH")]
     kubeconfig: Option<PathBuf>,
     /// Run the controllers only while holding the Lease, so that one of
-    /// several replicas acts [default: true in a pod, false elsewhere].
+    /// several replicas acts. On by default everywhere: an operator started
+    /// on a laptop against a cluster that runs one too must not act beside
+    /// it. Turn off only where nothing else can run.
     #[arg(long, value_name = "BOOL")]
     leader_elect: Option<bool>,
     /// The Lease of leader election.
@@ -72,9 +74,8 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let client = crate::client::client(args.kubeconfig.as_deref()).await?;
-        let in_cluster = bosun_etcd::backup::service_address::in_cluster();
         let mut manager = Manager::new();
-        if args.leader_elect.unwrap_or(in_cluster) {
+        if args.leader_elect.unwrap_or(true) {
             let namespace = args
                 .lease_namespace
                 .or_else(|| std::env::var("POD_NAMESPACE").ok())

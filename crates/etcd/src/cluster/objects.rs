@@ -414,8 +414,15 @@ pub fn client_service(cluster: &EtcdCluster) -> Service {
     }
 }
 
+/// The votes a cluster of `size` voters needs: a majority.
+pub fn quorum(size: i32) -> i32 {
+    size.max(0) / 2 + 1
+}
+
 /// The PodDisruptionBudget that lets voluntary disruptions (node drains)
-/// take at most one member at a time.
+/// take a member only while a quorum of the spec's size stays Ready:
+/// `minAvailable` is the quorum, so a cluster of 1 or 2 refuses every
+/// eviction (a drain waits for the user), 3 allows one, 5 two.
 pub fn pod_disruption_budget(cluster: &EtcdCluster) -> PodDisruptionBudget {
     let name = cluster.name_any();
     PodDisruptionBudget {
@@ -426,7 +433,7 @@ pub fn pod_disruption_budget(cluster: &EtcdCluster) -> PodDisruptionBudget {
             true,
         ),
         spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(1)),
+            min_available: Some(IntOrString::Int(quorum(cluster.spec.size))),
             selector: Some(LabelSelector {
                 match_labels: Some(selector_labels(&name)),
                 ..LabelSelector::default()

@@ -74,6 +74,9 @@ pub enum Error {
     /// The EtcdCluster lacks namespace or uid.
     #[error(transparent)]
     Identity(#[from] objects::ObjectError),
+    /// Neither the spec nor any member names a usable etcd version.
+    #[error("spec.version {0:?} is not an etcd version, and no member runs one")]
+    NoVersion(String),
     /// A volume made for a restore does not say what to restore from.
     #[error("{0}")]
     VolumeIntent(String),
@@ -231,7 +234,7 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
 
-    let (target, refusal, held) = pass.target_version(&observation);
+    let (target, refusal, held) = pass.target_version(&observation)?;
     let mut regrowing = None;
     if let Some((restore_name, restore_uid)) = objects::restore_in_progress(&cluster) {
         match pass
@@ -665,7 +668,10 @@ impl<'a> Pass<'a> {
     /// The version to run: the spec's, unless moving there from what runs
     /// now is not allowed (then what runs now, and why not).
     /// Also says whether the upgrade is held until etcd migrates its data.
-    fn target_version(&self, observation: &Observation) -> (EtcdVersion, Option<String>, bool) {
+    fn target_version(
+        &self,
+        observation: &Observation,
+    ) -> Result<(EtcdVersion, Option<String>, bool), Error> {
         let wanted: Option<EtcdVersion> = self.cluster.spec.version.parse().ok();
         let running: Option<EtcdVersion> = observation
             .plan
@@ -673,7 +679,7 @@ impl<'a> Pass<'a> {
             .iter()
             .filter_map(|p| p.version.as_deref()?.parse().ok())
             .min();
-        match (running, wanted) {
+        Ok(match (running, wanted) {
             (Some(running), Some(wanted)) => match check_version_change(&running, &wanted) {
                 Ok(())
                     if wanted.minor_line() > running.minor_line()
@@ -689,9 +695,12 @@ impl<'a> Pass<'a> {
             },
             (None, Some(wanted)) => (wanted, None, false),
             (Some(running), None) => (running, None, false),
-            // Validation passed, so the spec's version parses.
-            (None, None) => unreachable!("validate_cluster checked spec.version"),
-        }
+            // Validation passed, so the spec's version parses; should it
+            // not, this pass fails and is retried rather than the process.
+            (None, None) => {
+                return Err(Error::NoVersion(self.cluster.spec.version.clone()));
+            }
+        })
     }
 
     fn initial_cluster(

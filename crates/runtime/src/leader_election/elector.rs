@@ -155,11 +155,11 @@ impl LeaderElector {
     ///   released if [`ElectionConfig::release_on_cancel`] is set, and its
     ///   output returned as `Ok(Some(output))`. The same happens when `work`
     ///   returns on its own.
-    /// - Leadership lost: `work`'s token is cancelled at once and `work` is
-    ///   given until the Lease could expire for the other candidates (the
-    ///   start of the last successful renewal plus `lease_duration`; no time
-    ///   at all when another holder is already named), then dropped; the
-    ///   Lease is not released and [`LostLeadership`] is returned.
+    /// - Leadership lost: `work`'s token is cancelled and `work` is dropped
+    ///   at once, at the renew deadline (as client-go stops), not when the
+    ///   Lease could expire for the others: that is exactly when a standby
+    ///   may take over, and two leaders must never act at once. The Lease is
+    ///   not released and [`LostLeadership`] is returned.
     pub async fn run_while_leading<F, Fut>(
         mut self,
         cancel: CancellationToken,
@@ -202,7 +202,7 @@ impl LeaderElector {
             Err((lost, grace_until)) => {
                 warn!(%lease, %identity, error = %lost, "stopped leading: leadership lost");
                 if timeout_at(grace_until, &mut work).await.is_err() {
-                    warn!(%lease, %identity, "the work did not stop before the Lease could expire; dropped it");
+                    warn!(%lease, %identity, "leadership lost: the work is dropped at the renew deadline");
                 }
                 Err(lost)
             }
@@ -358,7 +358,10 @@ impl LeaderElector {
                         renew_deadline: self.config.renew_deadline,
                         last_error,
                     };
-                    return (lost, renewed_at + self.config.lease_duration);
+                    // The renew deadline has passed: stop now. Between here
+                    // and renewed_at + lease_duration nobody leads, which is
+                    // the margin that keeps two leaders from overlapping.
+                    return (lost, Instant::now());
                 }
             }
         }

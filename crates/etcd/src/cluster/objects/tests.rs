@@ -221,8 +221,8 @@ fn disruption_budget_allows_one_member_down() {
     assert_eq!(pdb.metadata.namespace.as_deref(), Some("db"));
     assert_eq!(pdb.metadata.owner_references, Some(vec![expected_owner()]));
     let spec = pdb.spec.expect("spec");
-    assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
-    assert_eq!(spec.min_available, None);
+    assert_eq!(spec.max_unavailable, None);
+    assert_eq!(spec.min_available, Some(IntOrString::Int(2)));
     assert_eq!(
         spec.selector.and_then(|s| s.match_labels),
         Some(selector_labels("main"))
@@ -887,4 +887,20 @@ fn init_failures_are_read_from_the_container_status() {
         serde_json::json!({}),
     );
     assert_eq!(init_failure(&done), None);
+}
+
+#[test]
+fn the_disruption_budget_never_allows_an_eviction_below_quorum() {
+    for (size, min_available) in [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3), (7, 4)] {
+        let c = cluster_with(EtcdClusterSpec {
+            size,
+            ..EtcdClusterSpec::default()
+        });
+        let spec = pod_disruption_budget(&c).spec.expect("spec");
+        assert_eq!(
+            spec.min_available,
+            Some(IntOrString::Int(min_available)),
+            "size {size}"
+        );
+    }
 }
