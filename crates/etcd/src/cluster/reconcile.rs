@@ -27,6 +27,7 @@ use crate::telemetry::{ClusterLabels, EtcdMetrics, Telemetry};
 
 mod in_place_restore;
 
+use super::degraded;
 use super::objects::{self, MemberPodParams, PodStart, RestoreIntent, SeedRestore};
 use super::plan::{
     self, Desired, MemberView, Observed, PodView, RemoveReason, Start, Step, VolumeView,
@@ -197,7 +198,6 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
 
     pass.apply_services().await?;
     let mut observation = pass.observe().await?;
-    pass.record_held_volumes(&mut observation).await?;
     ctx.metrics.observe_cluster(
         &ClusterLabels {
             namespace: pass.ns(),
@@ -234,6 +234,7 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
 
+    pass.record_held_volumes(&mut observation).await?;
     let (target, refusal, held) = pass.target_version(&observation)?;
     let mut regrowing = None;
     if let Some((restore_name, restore_uid)) = objects::restore_in_progress(&cluster) {
@@ -332,56 +333,22 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
             &message,
             pass.generation,
         );
-        match (&step, &refusal) {
-            (Step::QuorumLost { message }, _) => set_condition(
-                c,
-                conditions::DEGRADED,
-                true,
-                reasons::QUORUM_LOST,
-                message,
-                pass.generation,
-            ),
-            (_, Some(message)) => set_condition(
-                c,
-                conditions::DEGRADED,
-                true,
-                reasons::VERSION_CHANGE_REFUSED,
-                message,
-                pass.generation,
-            ),
-            _ if !observation.start_failures.is_empty() => {
-                let message = observation
-                    .start_failures
-                    .iter()
-                    .map(|(member, why)| format!("member {member} cannot start: {why}"))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                set_condition(
-                    c,
-                    conditions::DEGRADED,
-                    true,
-                    reasons::MEMBER_START_FAILED,
-                    &message,
-                    pass.generation,
-                )
-            }
-            _ if healthy < observation.members().len() => set_condition(
-                c,
-                conditions::DEGRADED,
-                true,
-                "MemberUnhealthy",
-                "some members are not healthy",
-                pass.generation,
-            ),
-            _ => set_condition(
-                c,
-                conditions::DEGRADED,
-                false,
-                "AsExpected",
-                "every member is healthy",
-                pass.generation,
-            ),
-        }
+        let (status, reason, message) = degraded::degraded(&degraded::Report {
+            step: &step,
+            refusal: refusal.as_deref(),
+            start_failures: &observation.start_failures,
+            members: observation.plan.members.as_deref(),
+            has_member_objects: !observation.plan.pods.is_empty()
+                || !observation.plan.volumes.is_empty(),
+        });
+        set_condition(
+            c,
+            conditions::DEGRADED,
+            status,
+            reason,
+            &message,
+            pass.generation,
+        );
     })
     .await?;
     Ok(requeue)

@@ -1,0 +1,155 @@
+//! What the EtcdCluster's `Degraded` condition says, from what one pass
+//! observed and decided. Pure, so that every case — above all the ones
+//! where it would be tempting to say "healthy" for lack of an answer — is a
+//! unit test.
+
+use std::collections::BTreeMap;
+
+use bosun_api::conditions::reasons;
+
+use super::plan::{MemberView, Step};
+
+/// Reason: members exist but none answered, so nothing is known healthy.
+pub const NO_MEMBER_ANSWERS: &str = "NoMemberAnswers";
+/// Reason: a listed member is not healthy.
+pub const MEMBER_UNHEALTHY: &str = "MemberUnhealthy";
+
+/// What the condition is computed from.
+pub struct Report<'a> {
+    /// The step decided this pass.
+    pub step: &'a Step,
+    /// Why a version change was refused, if it was.
+    pub refusal: Option<&'a str>,
+    /// Member name → why its pod's init container failed.
+    pub start_failures: &'a BTreeMap<String, String>,
+    /// The membership, when some member answered.
+    pub members: Option<&'a [MemberView]>,
+    /// Whether any member pod or volume exists.
+    pub has_member_objects: bool,
+}
+
+/// `(status, reason, message)` of the `Degraded` condition.
+pub fn degraded(report: &Report<'_>) -> (bool, &'static str, String) {
+    if let Step::QuorumLost { message } = report.step {
+        return (true, reasons::QUORUM_LOST, message.clone());
+    }
+    if let Some(refusal) = report.refusal {
+        return (true, reasons::VERSION_CHANGE_REFUSED, refusal.to_string());
+    }
+    if !report.start_failures.is_empty() {
+        let message = report
+            .start_failures
+            .iter()
+            .map(|(member, why)| format!("member {member} cannot start: {why}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return (true, reasons::MEMBER_START_FAILED, message);
+    }
+    let Some(members) = report.members else {
+        // No answer is not health. Before the first member ever ran
+        // (nothing exists yet) there is nothing to be degraded.
+        return if report.has_member_objects {
+            (
+                true,
+                NO_MEMBER_ANSWERS,
+                "no member answers: nothing is known to be healthy; members are being brought back from their volumes".to_string(),
+            )
+        } else {
+            (false, "AsExpected", "no member exists yet".to_string())
+        };
+    };
+    let unhealthy: Vec<&str> = members
+        .iter()
+        .filter(|m| !m.healthy)
+        .map(|m| m.name.as_str())
+        .collect();
+    if unhealthy.is_empty() {
+        (false, "AsExpected", "every member is healthy".to_string())
+    } else {
+        (
+            true,
+            MEMBER_UNHEALTHY,
+            format!("not healthy: {}", unhealthy.join(", ")),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, healthy: bool) -> MemberView {
+        MemberView {
+            id: 1,
+            name: name.into(),
+            learner: false,
+            healthy,
+            leader: false,
+        }
+    }
+
+    fn report<'a>(
+        step: &'a Step,
+        members: Option<&'a [MemberView]>,
+        failures: &'a BTreeMap<String, String>,
+    ) -> Report<'a> {
+        Report {
+            step,
+            refusal: None,
+            start_failures: failures,
+            members,
+            has_member_objects: true,
+        }
+    }
+
+    #[test]
+    fn no_member_answering_is_never_reported_healthy() {
+        let none = BTreeMap::new();
+        let step = Step::Wait { reason: "x".into() };
+        let (status, reason, _) = degraded(&report(&step, None, &none));
+        assert!(status);
+        assert_eq!(reason, NO_MEMBER_ANSWERS);
+        // A cluster being created, with nothing yet, is not degraded.
+        let (status, _, _) = degraded(&Report {
+            has_member_objects: false,
+            ..report(&step, None, &none)
+        });
+        assert!(!status);
+    }
+
+    #[test]
+    fn unhealthy_members_are_named() {
+        let none = BTreeMap::new();
+        let members = [member("a", true), member("b", false)];
+        let (status, reason, message) = degraded(&report(&Step::Done, Some(&members), &none));
+        assert!(status);
+        assert_eq!(reason, MEMBER_UNHEALTHY);
+        assert!(
+            message.contains('b') && !message.contains("a,"),
+            "{message}"
+        );
+        let healthy = [member("a", true)];
+        assert!(!degraded(&report(&Step::Done, Some(&healthy), &none)).0);
+    }
+
+    #[test]
+    fn quorum_loss_refusals_and_start_failures_come_first() {
+        let failures = BTreeMap::from([("a".to_string(), "data-guard: lost".to_string())]);
+        let members = [member("a", false)];
+        let (_, reason, message) = degraded(&report(&Step::Done, Some(&members), &failures));
+        assert_eq!(reason, reasons::MEMBER_START_FAILED);
+        assert!(message.contains("member a cannot start: data-guard: lost"));
+        let lost = Step::QuorumLost {
+            message: "lost".into(),
+        };
+        assert_eq!(
+            degraded(&report(&lost, Some(&members), &failures)).1,
+            reasons::QUORUM_LOST
+        );
+        let refused = Report {
+            refusal: Some("spec.version: no"),
+            ..report(&Step::Done, Some(&members), &failures)
+        };
+        assert_eq!(degraded(&refused).1, reasons::VERSION_CHANGE_REFUSED);
+    }
+}
