@@ -83,6 +83,9 @@ const CLUSTER_ROLE: &[(&str, &str, &str)] = &[
     ("", "pods", "watch"),
     // cluster/reconcile.rs `create_pod`: self.pods.create.
     ("", "pods", "create"),
+    // cluster/adopt.rs `adopt_legacy_members`: api.patch (a label), also
+    // over all namespaces' pods and volumes (list).
+    ("", "pods", "patch"),
     // cluster/reconcile.rs `delete_member_objects`, `restore_in_place` and
     // the member replacement in `carry_out`: self.pods.delete.
     ("", "pods", "delete"),
@@ -96,7 +99,7 @@ const CLUSTER_ROLE: &[(&str, &str, &str)] = &[
     // self.pvcs.delete.
     ("", "persistentvolumeclaims", "delete"),
     // cluster/reconcile.rs `record_held_volumes`: self.pvcs.patch (an
-    // annotation on a volume a member ran on).
+    // annotation on a volume a member ran on); cluster/adopt.rs: a label.
     ("", "persistentvolumeclaims", "patch"),
     // cluster/reconcile.rs `apply_services`: services.patch(Patch::Apply);
     // an apply that creates the object is also authorized as create (the
@@ -746,7 +749,7 @@ async fn the_operators_own_calls_succeed_as_its_service_account() {
         .expect("create a member's volume (dry run)");
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": member, "labels": objects::member_labels("rbac-probe", &member)},
+        "metadata": {"name": member, "labels": objects::member_labels(&etcd, &member)},
         "spec": {"containers": [{"name": "etcd", "image": "bosun.dev/bosun:dev"}]},
     }))
     .expect("a pod");
@@ -756,6 +759,17 @@ async fn the_operators_own_calls_succeed_as_its_service_account() {
     let selector = ListParams::default().labels(&objects::label_selector("rbac-probe"));
     pods.list(&selector).await.expect("list member pods");
     pvcs.list(&selector).await.expect("list member volumes");
+    assert_allowed(
+        "label a member pod",
+        pods.patch(
+            &member,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": {
+                objects::CLUSTER_UID_LABEL: "x",
+            }}})),
+        )
+        .await,
+    );
     assert_allowed(
         "annotate a member volume",
         pvcs.patch(

@@ -15,8 +15,8 @@ use bosun_devcluster::readiness::wait_until;
 use bosun_etcd::cluster::objects;
 use bosun_etcd::restore::member::REVISION_BUMP;
 use common::{
-    DEADLINE, POLL, backup_condition, count_keys, etcd_client, member_pods, wait_for_backup_phase,
-    wait_for_members,
+    DEADLINE, POLL, UNCHANGED_WINDOW, assert_unchanged_for, backup_condition, count_keys,
+    etcd_client, member_pods, wait_for_backup_phase, wait_for_members,
 };
 use etcd_client::{Client as EtcdClient, GetOptions, Txn, TxnOp, WatchOptions};
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod, Secret};
@@ -647,20 +647,6 @@ async fn member_object_uids(cluster: &TestCluster, ns: &str) -> Vec<String> {
     uids
 }
 
-/// Asserts over `window` that the cluster's pods and volumes stay exactly
-/// `uids` (nothing wiped, nothing replaced).
-async fn assert_untouched_for(cluster: &TestCluster, ns: &str, uids: &[String], window: Duration) {
-    let until = std::time::Instant::now() + window;
-    while std::time::Instant::now() < until {
-        assert_eq!(
-            member_object_uids(cluster, ns).await,
-            uids,
-            "the cluster's pods or volumes changed"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 fn restore_of(ns: &str, name: &str, source: &serde_json::Value) -> EtcdRestore {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "etcd.bosun.dev/v1alpha1", "kind": "EtcdRestore",
@@ -741,7 +727,13 @@ async fn restores_pin_their_snapshot_one_at_a_time_and_stale_marks_wipe_nothing(
         .find(|c| c.type_ == "Failed")
         .expect("Failed condition");
     assert_eq!(refusal.reason, "RestoreInProgress", "{}", refusal.message);
-    assert_untouched_for(&cluster, &ns.name, &before, Duration::from_secs(5)).await;
+    assert_unchanged_for(
+        "the cluster's pods and volumes",
+        &before,
+        UNCHANGED_WINDOW,
+        || member_object_uids(&cluster, &ns.name),
+    )
+    .await;
     let meanwhile = backups.get("meanwhile").await.expect("get backup");
     assert!(
         meanwhile.status.and_then(|s| s.phase).is_none(),
@@ -788,7 +780,13 @@ async fn restores_pin_their_snapshot_one_at_a_time_and_stale_marks_wipe_nothing(
         })
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-        assert_untouched_for(&cluster, &ns.name, &restored, Duration::from_secs(3)).await;
+        assert_unchanged_for(
+            "the cluster's pods and volumes",
+            &restored,
+            UNCHANGED_WINDOW,
+            || member_object_uids(&cluster, &ns.name),
+        )
+        .await;
     }
     assert_exactly_keys(&mut etcd, 200).await;
     assert!(

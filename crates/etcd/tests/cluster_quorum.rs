@@ -7,12 +7,14 @@ mod common;
 use bosun_api::EtcdCluster;
 use bosun_devcluster::fixture::TestCluster;
 use bosun_devcluster::readiness::wait_until;
+use bosun_etcd::cluster::objects;
 use common::{
-    DEADLINE, POLL, count_keys, etcd_client, member_pods, wait_for_condition, wait_for_members,
+    DEADLINE, POLL, UNCHANGED_WINDOW, assert_unchanged_for, count_keys, etcd_client, member_pods,
+    wait_for_condition, wait_for_members,
 };
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 
 async fn create(api: &Api<EtcdCluster>, ns: &str, name: &str) {
     let object: EtcdCluster = serde_json::from_value(serde_json::json!({
@@ -116,15 +118,33 @@ async fn majority_of_members_lost_with_their_volumes_reports_degraded_and_change
         ids,
         "no membership change without quorum"
     );
-    let left: Vec<String> = member_pods(&cluster, &ns.name, "lost")
-        .await
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| p.metadata.name)
-        .collect();
-    assert_eq!(
-        left.len(),
-        1,
-        "no pod was created for a member whose data is gone: {left:?}"
-    );
+    // No pod and no volume is created for a member whose data is gone, and
+    // the one member left keeps its pod and volume: read from the API
+    // server over a window, not once.
+    let survivors = || async {
+        let pods: Vec<String> = member_pods(&cluster, &ns.name, "lost")
+            .await
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| p.metadata.uid)
+            .collect();
+        let volumes: Vec<String> = pvcs
+            .list(&ListParams::default().labels(&objects::label_selector("lost")))
+            .await
+            .expect("list volumes")
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.uid)
+            .collect();
+        (pods, volumes)
+    };
+    let left = survivors().await;
+    assert_eq!((left.0.len(), left.1.len()), (1, 1), "{left:?}");
+    assert_unchanged_for(
+        "the surviving pod and volume",
+        &left,
+        UNCHANGED_WINDOW,
+        survivors,
+    )
+    .await;
 }

@@ -470,23 +470,23 @@ pub fn backup_dir(destination: &Destination, backup: &EtcdBackup) -> Path {
 /// status.
 async fn pick_member(
     client: &Client,
-    namespace: &str,
-    cluster: &str,
+    cluster: &EtcdCluster,
 ) -> Result<(String, members::MemberStatus), RunFailure> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let selector = format!(
-        "{}={cluster},{}",
-        objects::INSTANCE_LABEL,
-        objects::MEMBER_LABEL
-    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &cluster.namespace().unwrap_or_default());
+    // Only the cluster's own members: never a pod of other software that
+    // carries the same recommended labels.
     let pods = pods
-        .list(&ListParams::default().labels(&selector))
+        .list(&ListParams::default().labels(&objects::member_selector(cluster)))
         .await
         .map_err(|e| {
             RunFailure::new(backup_reasons::FAILED, format!("listing member pods: {e}"))
         })?;
     let mut answered = Vec::new();
-    for pod in pods.items {
+    for pod in pods
+        .items
+        .into_iter()
+        .filter(|p| objects::is_ours(&p.metadata, cluster))
+    {
         let Some(ip) = pod.status.and_then(|s| s.pod_ip) else {
             continue;
         };
@@ -503,7 +503,8 @@ async fn pick_member(
         return Err(RunFailure::new(
             backup_reasons::CLUSTER_UNHEALTHY,
             format!(
-                "no member of EtcdCluster {cluster} is healthy with a leader: the cluster may have lost quorum"
+                "no member of EtcdCluster {} is healthy with a leader: the cluster may have lost quorum",
+                cluster.name_any()
             ),
         ));
     };
@@ -533,18 +534,12 @@ async fn take_backup(
     let namespace = backup.namespace().unwrap_or_default();
     let clusters: Api<EtcdCluster> = Api::namespaced(ctx.client.clone(), &namespace);
     let cluster_name = &backup.spec.cluster_name;
-    if clusters
-        .get_opt(cluster_name)
-        .await
-        .ok()
-        .flatten()
-        .is_none()
-    {
+    let Some(cluster) = clusters.get_opt(cluster_name).await.ok().flatten() else {
         return Err(RunFailure::new(
             backup_reasons::CLUSTER_UNHEALTHY,
             format!("EtcdCluster {cluster_name} does not exist in namespace {namespace}"),
         ));
-    }
+    };
     let (destination, credentials) =
         open_destination(&ctx.client, &namespace, &backup.spec.storage).await?;
     let dir = backup_dir(&destination, backup);
@@ -554,7 +549,7 @@ async fn take_backup(
     // bucket on upload and list one as empty, but all of them answer a read
     // of a missing object in a missing bucket with NoSuchBucket.
     preflight(&destination, &dir).await.map_err(fail)?;
-    let (endpoint, member) = pick_member(&ctx.client, &namespace, cluster_name).await?;
+    let (endpoint, member) = pick_member(&ctx.client, &cluster).await?;
 
     let stem = retention::stem_of(started);
     let path = dir.clone().join(format!("{stem}.db").as_str());

@@ -3,6 +3,7 @@
 //!
 //! [`objects`] computes the Kubernetes objects a cluster owns (pure).
 
+pub mod adopt;
 pub mod degraded;
 pub mod member_data;
 pub mod objects;

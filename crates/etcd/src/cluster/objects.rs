@@ -42,6 +42,9 @@ pub const NAME_LABEL: &str = "app.kubernetes.io/name";
 pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
 /// `app.kubernetes.io/managed-by`: always [`MANAGER`].
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// The label on every object of a cluster with the EtcdCluster's uid: with
+/// [`MANAGED_BY_LABEL`], what the operator selects its objects by.
+pub const CLUSTER_UID_LABEL: &str = "etcd.bosun.dev/cluster-uid";
 /// The label on member pods and PVCs that names their member.
 pub const MEMBER_LABEL: &str = "etcd.bosun.dev/member";
 /// The value of [`NAME_LABEL`].
@@ -214,36 +217,80 @@ pub fn random_suffix() -> String {
         .collect()
 }
 
-/// The labels that select a cluster's member pods: name and instance.
-pub fn selector_labels(cluster: &str) -> BTreeMap<String, String> {
+/// The labels that select a cluster's members: `managed-by: bosun` and the
+/// cluster's uid — labels only bosun sets. The recommended `name` and
+/// `instance` labels are on every object too, for people and tools, but
+/// other software sets them as well (a Helm etcd release of the same name),
+/// so nothing is ever selected, deleted or routed to by them.
+pub fn selector_labels(cluster: &EtcdCluster) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (NAME_LABEL.to_string(), APP_NAME.to_string()),
-        (INSTANCE_LABEL.to_string(), cluster.to_string()),
+        (MANAGED_BY_LABEL.to_string(), MANAGER.to_string()),
+        (CLUSTER_UID_LABEL.to_string(), uid_of(cluster)),
     ])
 }
 
-/// [`selector_labels`] as a label selector string, for list and watch calls.
-pub fn label_selector(cluster: &str) -> String {
-    selector_labels(cluster)
+/// [`selector_labels`] as a label selector string: what the operator lists
+/// a cluster's pods and volumes with.
+pub fn member_selector(cluster: &EtcdCluster) -> String {
+    selector_string(&selector_labels(cluster))
+}
+
+/// A selector for the member pods and volumes of the cluster named `name`,
+/// by its recommended labels and `managed-by: bosun`: what a person types
+/// with kubectl, and what tests use. The operator itself selects by uid
+/// ([`member_selector`]).
+pub fn label_selector(name: &str) -> String {
+    selector_string(&BTreeMap::from([
+        (NAME_LABEL.to_string(), APP_NAME.to_string()),
+        (INSTANCE_LABEL.to_string(), name.to_string()),
+        (MANAGED_BY_LABEL.to_string(), MANAGER.to_string()),
+    ]))
+}
+
+fn selector_string(labels: &BTreeMap<String, String>) -> String {
+    labels
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",")
 }
 
-/// The labels on every object a cluster owns: the selector labels and
-/// `managed-by`.
-pub fn cluster_labels(cluster: &str) -> BTreeMap<String, String> {
+/// The cluster's uid; empty only for a cluster [`check_identity`] refuses.
+fn uid_of(cluster: &EtcdCluster) -> String {
+    cluster.uid().unwrap_or_default()
+}
+
+/// The labels on every object a cluster owns: the recommended `name`,
+/// `instance` and `managed-by`, and the cluster's uid.
+pub fn cluster_labels(cluster: &EtcdCluster) -> BTreeMap<String, String> {
     let mut labels = selector_labels(cluster);
-    labels.insert(MANAGED_BY_LABEL.to_string(), MANAGER.to_string());
+    labels.insert(NAME_LABEL.to_string(), APP_NAME.to_string());
+    labels.insert(INSTANCE_LABEL.to_string(), cluster.name_any());
     labels
 }
 
 /// The labels on a member's pod and PVC: [`cluster_labels`] and the member.
-pub fn member_labels(cluster: &str, member: &str) -> BTreeMap<String, String> {
+pub fn member_labels(cluster: &EtcdCluster, member: &str) -> BTreeMap<String, String> {
     let mut labels = cluster_labels(cluster);
     labels.insert(MEMBER_LABEL.to_string(), member.to_string());
     labels
+}
+
+/// Whether an object is one of `cluster`'s: it carries the cluster's
+/// [`selector_labels`], and its controller, if it names one, is the
+/// cluster. (A retained volume, `storage.retainOnDelete`, has no owner.)
+/// Checked before anything is deleted, whatever selected the object.
+pub fn is_ours(meta: &ObjectMeta, cluster: &EtcdCluster) -> bool {
+    let labels = meta.labels.as_ref();
+    let labelled = selector_labels(cluster)
+        .iter()
+        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v));
+    let controller = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    labelled && controller.is_none_or(|o| o.uid == uid_of(cluster) && o.kind == "EtcdCluster")
 }
 
 /// The member a pod belongs to, from its [`MEMBER_LABEL`].
@@ -376,13 +423,13 @@ pub fn peer_service(cluster: &EtcdCluster) -> Service {
         metadata: owned_meta(
             cluster,
             peer_service_name(&name),
-            cluster_labels(&name),
+            cluster_labels(cluster),
             true,
         ),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".to_string()),
             publish_not_ready_addresses: Some(true),
-            selector: Some(selector_labels(&name)),
+            selector: Some(selector_labels(cluster)),
             ports: Some(vec![
                 service_port("client", CLIENT_PORT),
                 service_port("peer", PEER_PORT),
@@ -401,12 +448,12 @@ pub fn client_service(cluster: &EtcdCluster) -> Service {
         metadata: owned_meta(
             cluster,
             client_service_name(&name),
-            cluster_labels(&name),
+            cluster_labels(cluster),
             true,
         ),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".to_string()),
-            selector: Some(selector_labels(&name)),
+            selector: Some(selector_labels(cluster)),
             ports: Some(vec![service_port("client", CLIENT_PORT)]),
             ..ServiceSpec::default()
         }),
@@ -429,13 +476,13 @@ pub fn pod_disruption_budget(cluster: &EtcdCluster) -> PodDisruptionBudget {
         metadata: owned_meta(
             cluster,
             pod_disruption_budget_name(&name),
-            cluster_labels(&name),
+            cluster_labels(cluster),
             true,
         ),
         spec: Some(PodDisruptionBudgetSpec {
             min_available: Some(IntOrString::Int(quorum(cluster.spec.size))),
             selector: Some(LabelSelector {
-                match_labels: Some(selector_labels(&name)),
+                match_labels: Some(selector_labels(cluster)),
                 ..LabelSelector::default()
             }),
             ..PodDisruptionBudgetSpec::default()
@@ -457,7 +504,7 @@ pub fn member_pvc(
     let mut metadata = owned_meta(
         cluster,
         member.to_string(),
-        member_labels(&cluster.name_any(), member),
+        member_labels(cluster, member),
         !storage.retain_on_delete,
     );
     metadata.annotations = restore.map(|intent| {
@@ -779,7 +826,7 @@ pub fn member_pod(cluster: &EtcdCluster, params: &MemberPodParams) -> Pod {
     let image = member_image(cluster, &params.version);
 
     let mut labels = template.labels;
-    labels.extend(member_labels(&cluster_name, member));
+    labels.extend(member_labels(cluster, member));
     let mut annotations = template.annotations;
     annotations.extend([
         (VERSION_ANNOTATION.to_string(), params.version.to_string()),

@@ -101,6 +101,25 @@ pub async fn run(client: Client, shutdown: CancellationToken, telemetry: Telemet
     )
     .owns(Api::<Pod>::all(client.clone()), owned.clone())
     .owns(Api::<PersistentVolumeClaim>::all(client), owned);
+    // Members made by an earlier operator get the labels this one selects
+    // by before it looks at any cluster: unseen, they would look like an
+    // empty cluster.
+    loop {
+        match super::adopt::adopt_legacy_members(&context.client).await {
+            Ok(0) => break,
+            Ok(n) => {
+                tracing::info!("labelled {n} member objects of an earlier operator");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!("labelling member objects of an earlier operator: {e}; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    }
     tokio::spawn(forget_deleted_clusters(
         context.client.clone(),
         context.metrics.clone(),
@@ -493,9 +512,7 @@ impl<'a> Pass<'a> {
     }
 
     async fn observe(&self) -> Result<Observation, Error> {
-        let selector = ListParams::default().labels(&objects::label_selector(&self.name));
-        let pods = self.pods.list(&selector).await?.items;
-        let pvcs = self.pvcs.list(&selector).await?.items;
+        let (pods, pvcs) = self.list_member_objects().await?;
 
         let mut pod_ips = BTreeMap::new();
         let mut views = vec![];
@@ -595,6 +612,19 @@ impl<'a> Pass<'a> {
             restore_intents,
             start_failures,
         })
+    }
+
+    /// The cluster's member pods and volumes: selected by the labels only
+    /// bosun sets (managed-by and the cluster's uid) and checked against
+    /// their controller owner, so nothing of other software is ever taken
+    /// for a member, deleted or wiped.
+    async fn list_member_objects(&self) -> Result<(Vec<Pod>, Vec<PersistentVolumeClaim>), Error> {
+        let selector = ListParams::default().labels(&objects::member_selector(self.cluster));
+        let mut pods = self.pods.list(&selector).await?.items;
+        let mut pvcs = self.pvcs.list(&selector).await?.items;
+        pods.retain(|p| objects::is_ours(&p.metadata, self.cluster));
+        pvcs.retain(|p| objects::is_ours(&p.metadata, self.cluster));
+        Ok((pods, pvcs))
     }
 
     /// Marks the volume of every member that is running healthy as one

@@ -1,7 +1,9 @@
 //! Helpers shared by the EtcdCluster end-to-end tests.
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::fmt::Debug;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use bosun_api::{EtcdBackup, EtcdCluster};
 use bosun_devcluster::fixture::TestCluster;
@@ -195,4 +197,32 @@ pub async fn wait_for_condition(
         .flatten()
         .map(|c| c.message)
         .unwrap_or_default()
+}
+
+/// How long a "nothing changed" check holds.
+pub const UNCHANGED_WINDOW: Duration = Duration::from_secs(5);
+
+/// Asserts that `observe` returns `expected` at every sample over `window`
+/// (every [`POLL`]): a "nothing changed" claim held over time, not one look.
+pub async fn assert_unchanged_for<T, F, Fut>(
+    what: &str,
+    expected: &T,
+    window: Duration,
+    mut observe: F,
+) where
+    T: PartialEq + Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = T>,
+{
+    let started = Instant::now();
+    while started.elapsed() < window {
+        let seen = observe().await;
+        assert_eq!(
+            &seen,
+            expected,
+            "{what} changed after {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        tokio::time::sleep(POLL).await;
+    }
 }

@@ -100,27 +100,57 @@ fn random_suffixes_are_five_lowercase_alphanumerics_and_differ() {
 }
 
 #[test]
-fn labels_select_by_name_and_instance_and_mark_the_manager() {
+fn members_are_selected_by_labels_only_bosun_sets() {
+    let c = cluster();
     assert_eq!(
-        selector_labels("main"),
+        selector_labels(&c),
         map(&[
-            ("app.kubernetes.io/name", "etcd"),
-            ("app.kubernetes.io/instance", "main"),
+            ("app.kubernetes.io/managed-by", "bosun"),
+            ("etcd.bosun.dev/cluster-uid", "0b1c2d3e"),
         ])
     );
     assert_eq!(
-        label_selector("main"),
-        "app.kubernetes.io/instance=main,app.kubernetes.io/name=etcd"
+        member_selector(&c),
+        "app.kubernetes.io/managed-by=bosun,etcd.bosun.dev/cluster-uid=0b1c2d3e"
     );
     assert_eq!(
-        member_labels("main", "main-abcde"),
+        label_selector("main"),
+        "app.kubernetes.io/instance=main,app.kubernetes.io/managed-by=bosun,app.kubernetes.io/name=etcd"
+    );
+    assert_eq!(
+        member_labels(&c, "main-abcde"),
         map(&[
             ("app.kubernetes.io/name", "etcd"),
             ("app.kubernetes.io/instance", "main"),
             ("app.kubernetes.io/managed-by", "bosun"),
+            ("etcd.bosun.dev/cluster-uid", "0b1c2d3e"),
             ("etcd.bosun.dev/member", "main-abcde"),
         ])
     );
+}
+
+#[test]
+fn only_objects_with_the_clusters_labels_and_owner_are_ours() {
+    let c = cluster();
+    let ours = member_pvc(&c, "main-abcde", None).metadata;
+    assert!(is_ours(&ours, &c));
+    // A retained volume has no owner; its labels are the evidence.
+    let mut retained = ours.clone();
+    retained.owner_references = None;
+    assert!(is_ours(&retained, &c));
+    // Another release's pod with the recommended labels only.
+    let mut foreign = ours.clone();
+    if let Some(labels) = foreign.labels.as_mut() {
+        labels.remove(CLUSTER_UID_LABEL);
+        labels.insert(MANAGED_BY_LABEL.into(), "Helm".into());
+    }
+    assert!(!is_ours(&foreign, &c));
+    // Our labels copied onto an object something else controls.
+    let mut copied = ours.clone();
+    if let Some(owners) = copied.owner_references.as_mut() {
+        owners[0].uid = "someone-else".into();
+    }
+    assert!(!is_ours(&copied, &c));
 }
 
 #[test]
@@ -166,6 +196,7 @@ fn peer_service_is_headless_publishes_unready_pods_and_serves_both_ports() {
                     "app.kubernetes.io/name": "etcd",
                     "app.kubernetes.io/instance": "main",
                     "app.kubernetes.io/managed-by": "bosun",
+                    "etcd.bosun.dev/cluster-uid": "0b1c2d3e",
                 },
                 "ownerReferences": [{
                     "apiVersion": "etcd.bosun.dev/v1alpha1",
@@ -180,8 +211,8 @@ fn peer_service_is_headless_publishes_unready_pods_and_serves_both_ports() {
                 "clusterIP": "None",
                 "publishNotReadyAddresses": true,
                 "selector": {
-                    "app.kubernetes.io/name": "etcd",
-                    "app.kubernetes.io/instance": "main",
+                    "app.kubernetes.io/managed-by": "bosun",
+                    "etcd.bosun.dev/cluster-uid": "0b1c2d3e",
                 },
                 "ports": [
                     {"name": "client", "port": 2379, "targetPort": 2379, "protocol": "TCP"},
@@ -201,12 +232,12 @@ fn client_service_is_a_cluster_ip_on_the_client_port() {
         service.metadata.owner_references,
         Some(vec![expected_owner()])
     );
-    assert_eq!(service.metadata.labels, Some(cluster_labels("main")));
+    assert_eq!(service.metadata.labels, Some(cluster_labels(&cluster())));
     let spec = service.spec.expect("spec");
     assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
     assert_eq!(spec.cluster_ip, None);
     assert_eq!(spec.publish_not_ready_addresses, None);
-    assert_eq!(spec.selector, Some(selector_labels("main")));
+    assert_eq!(spec.selector, Some(selector_labels(&cluster())));
     let ports = spec.ports.expect("ports");
     assert_eq!(ports.len(), 1);
     assert_eq!(ports[0].name.as_deref(), Some("client"));
@@ -225,7 +256,7 @@ fn disruption_budget_allows_one_member_down() {
     assert_eq!(spec.min_available, Some(IntOrString::Int(2)));
     assert_eq!(
         spec.selector.and_then(|s| s.match_labels),
-        Some(selector_labels("main"))
+        Some(selector_labels(&cluster()))
     );
 }
 
@@ -244,7 +275,7 @@ fn pvc_requests_the_storage_size_and_class() {
     assert_eq!(pvc.metadata.namespace.as_deref(), Some("db"));
     assert_eq!(
         pvc.metadata.labels,
-        Some(member_labels("main", "main-abcde"))
+        Some(member_labels(&cluster(), "main-abcde"))
     );
     assert_eq!(pvc.metadata.owner_references, Some(vec![expected_owner()]));
     let spec = pvc.spec.expect("spec");
@@ -287,7 +318,7 @@ fn retained_pvc_has_no_owner() {
     // Still labelled, so that a new cluster of the same name can find it.
     assert_eq!(
         pvc.metadata.labels,
-        Some(member_labels("main", "main-abcde"))
+        Some(member_labels(&cluster(), "main-abcde"))
     );
 }
 
@@ -299,7 +330,7 @@ fn member_pod_identity_and_dns() {
     assert_eq!(pod.metadata.owner_references, Some(vec![expected_owner()]));
     assert_eq!(
         pod.metadata.labels,
-        Some(member_labels("main", "main-abcde"))
+        Some(member_labels(&cluster(), "main-abcde"))
     );
     assert_eq!(member_of_pod(&pod).as_deref(), Some("main-abcde"));
     let spec = spec_of(&pod);
@@ -365,7 +396,7 @@ fn user_labels_are_added_but_cannot_override_the_operators() {
         ..EtcdClusterSpec::default()
     });
     let pod = pod_of(&c);
-    let mut expected = member_labels("main", "main-abcde");
+    let mut expected = member_labels(&cluster(), "main-abcde");
     expected.insert("team".to_string(), "storage".to_string());
     assert_eq!(pod.metadata.labels, Some(expected));
 }

@@ -15,7 +15,7 @@ use bosun_api::conditions;
 use bosun_api::restore::PinnedSnapshot;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
@@ -93,9 +93,7 @@ impl Pass<'_> {
             return Ok(InPlace::Busy(Action::requeue(WAIT_REQUEUE)));
         }
 
-        let selector = ListParams::default().labels(&objects::label_selector(&self.name));
-        let pods = self.pods.list(&selector).await?.items;
-        let pvcs = self.pvcs.list(&selector).await?.items;
+        let (pods, pvcs) = self.list_member_objects().await?;
         let old_pods: Vec<&Pod> = pods
             .iter()
             .filter(|p| !self.is_marked(&p.metadata))
