@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use bosun_etcd::controller::Scope;
 use bosun_etcd::telemetry::{EtcdMetrics, Telemetry};
 use bosun_runtime::leader_election::ElectionConfig;
 use bosun_runtime::manager::Manager;
@@ -49,6 +50,9 @@ pub struct OperatorArgs {
     /// leader releases it (false: only try every retry period, as client-go).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     watch_lease: bool,
+    /// Watch and act in this namespace only [default: every namespace].
+    #[arg(long, value_name = "NAMESPACE")]
+    watch_namespace: Option<String>,
     /// Where /healthz, /readyz and /metrics are served.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -72,6 +76,13 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let armed = bosun_etcd::failpoints::arm_from_env().map_err(anyhow::Error::msg)?;
+    if !armed.is_empty() {
+        tracing::warn!(
+            ?armed,
+            "crash points armed: this operator exits when it reaches one"
+        );
+    }
     runtime.block_on(async move {
         let client = crate::client::client(args.kubeconfig.as_deref()).await?;
         let mut manager = Manager::new();
@@ -91,17 +102,18 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
         }
         let metrics = manager.metrics().clone();
         let etcd = EtcdMetrics::register(&metrics);
+        let scope = args.watch_namespace.map_or(Scope::All, Scope::Namespace);
         manager.add_controller("etcdcluster", {
-            let (client, telemetry) = (client.clone(), Telemetry::new(&metrics, "etcdcluster", &etcd));
-            move |stop| bosun_etcd::cluster::reconcile::run(client, stop, telemetry)
+            let (client, scope, telemetry) = (client.clone(), scope.clone(), Telemetry::new(&metrics, "etcdcluster", &etcd));
+            move |stop| bosun_etcd::cluster::reconcile::run(client, scope, stop, telemetry)
         });
         manager.add_controller("etcdbackup", {
-            let (client, telemetry) = (client.clone(), Telemetry::new(&metrics, "etcdbackup", &etcd));
-            move |stop| bosun_etcd::backup::reconcile::run(client, stop, telemetry)
+            let (client, scope, telemetry) = (client.clone(), scope.clone(), Telemetry::new(&metrics, "etcdbackup", &etcd));
+            move |stop| bosun_etcd::backup::reconcile::run(client, scope, stop, telemetry)
         });
         manager.add_controller("etcdrestore", {
             let telemetry = Telemetry::new(&metrics, "etcdrestore", &etcd);
-            move |stop| bosun_etcd::restore::reconcile::run(client, stop, telemetry)
+            move |stop| bosun_etcd::restore::reconcile::run(client, scope, stop, telemetry)
         });
 
         let listener = tokio::net::TcpListener::bind(args.listen)

@@ -523,7 +523,7 @@ const DENIED: &[(&str, &str, &str)] = &[
     ("etcd.bosun.dev", "etcdrestores", "delete"),
     ("etcd.bosun.dev", "etcdbackups/status", "update"),
     ("", "pods", "get"),
-    ("", "pods", "patch"),
+    ("", "pods", "update"),
     ("", "pods/exec", "create"),
     ("", "secrets", "list"),
     ("", "secrets", "watch"),

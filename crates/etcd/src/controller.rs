@@ -1,6 +1,6 @@
-//! What the three controllers share around their reconcilers: the events
-//! recorder, and running a kube-runtime `Controller` until shutdown with
-//! every pass timed into the metrics.
+//! What the three controllers share around their reconcilers: the
+//! namespaces they watch, the events recorder, and running a kube-runtime
+//! `Controller` until shutdown with every pass timed into the metrics.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -14,7 +14,66 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
+use bosun_api::{EtcdBackup, EtcdCluster, EtcdRestore};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::Api;
+
 use crate::telemetry::Telemetry;
+
+/// Which namespaces the controllers watch and act in: every namespace (the
+/// default), or one (`bosun operator --watch-namespace`, as operator-sdk's
+/// `WATCH_NAMESPACE`), so that an operator can be given one tenant's
+/// namespace, and tests can run operators side by side.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// Every namespace.
+    #[default]
+    All,
+    /// This namespace only.
+    Namespace(String),
+}
+
+impl Scope {
+    /// EtcdClusters in scope.
+    pub fn clusters(&self, client: Client) -> Api<EtcdCluster> {
+        match self {
+            Scope::All => Api::all(client),
+            Scope::Namespace(ns) => Api::namespaced(client, ns),
+        }
+    }
+
+    /// EtcdBackups in scope.
+    pub fn backups(&self, client: Client) -> Api<EtcdBackup> {
+        match self {
+            Scope::All => Api::all(client),
+            Scope::Namespace(ns) => Api::namespaced(client, ns),
+        }
+    }
+
+    /// EtcdRestores in scope.
+    pub fn restores(&self, client: Client) -> Api<EtcdRestore> {
+        match self {
+            Scope::All => Api::all(client),
+            Scope::Namespace(ns) => Api::namespaced(client, ns),
+        }
+    }
+
+    /// Pods in scope.
+    pub fn pods(&self, client: Client) -> Api<Pod> {
+        match self {
+            Scope::All => Api::all(client),
+            Scope::Namespace(ns) => Api::namespaced(client, ns),
+        }
+    }
+
+    /// PersistentVolumeClaims in scope.
+    pub fn pvcs(&self, client: Client) -> Api<PersistentVolumeClaim> {
+        match self {
+            Scope::All => Api::all(client),
+            Scope::Namespace(ns) => Api::namespaced(client, ns),
+        }
+    }
+}
 
 /// A recorder that reports as `controller`, from this replica (its pod name).
 pub fn recorder(client: &Client, controller: &str) -> Recorder {

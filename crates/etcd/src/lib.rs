@@ -9,6 +9,7 @@
 pub mod backup;
 pub mod cluster;
 pub mod controller;
+pub mod failpoints;
 pub mod members;
 pub mod restore;
 pub mod status;

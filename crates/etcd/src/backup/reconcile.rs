@@ -36,7 +36,7 @@ use super::snapshot::{self, Manifest, SnapshotError};
 use super::store::{self, Credentials, Destination};
 use super::{retention, service_address};
 use crate::cluster::objects;
-use crate::controller;
+use crate::controller::{self, Scope};
 use crate::members;
 use crate::status::{from_time, set_condition, to_time};
 
@@ -115,13 +115,13 @@ impl RunFailure {
 }
 
 /// Runs the EtcdBackup controller until `shutdown` is cancelled.
-pub async fn run(client: Client, shutdown: CancellationToken, telemetry: Telemetry) {
+pub async fn run(client: Client, scope: Scope, shutdown: CancellationToken, telemetry: Telemetry) {
     let context = Arc::new(Context {
         metrics: telemetry.etcd.clone(),
         recorder: controller::recorder(&client, MANAGER),
         client: client.clone(),
     });
-    let backups = Controller::new(Api::<EtcdBackup>::all(client), watcher::Config::default());
+    let backups = Controller::new(scope.backups(client), watcher::Config::default());
     controller::drive(
         backups,
         shutdown,
@@ -557,6 +557,7 @@ async fn take_backup(
         "backing up {cluster_name} from {endpoint} to {}",
         destination.url_of(&path)
     );
+    crate::crash_point!("backup.upload.before");
     let summary = snapshot::upload(&endpoint, &destination, &path, &|_| {})
         .await
         .map_err(fail)?;
@@ -581,9 +582,11 @@ async fn take_backup(
         .await
         .map_err(|e| fail(e.into()))?;
 
+    crate::crash_point!("backup.retention.before");
     let kept = apply_retention(&destination, &dir, backup)
         .await
         .map_err(fail)?;
+    crate::crash_point!("backup.retention.after");
     let record = BackupRecord {
         location: destination.url_of(&path),
         revision: member.revision,

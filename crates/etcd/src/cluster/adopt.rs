@@ -13,6 +13,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 
 use super::objects;
+use crate::controller::Scope;
 
 /// Member pods and volumes made by bosun without the cluster-uid label.
 fn legacy_selector() -> String {
@@ -65,51 +66,50 @@ pub fn legacy_owner(meta: &ObjectMeta, clusters: &[EtcdCluster]) -> Option<Strin
 
 /// Labels every provable legacy member pod and volume with its cluster's
 /// uid. Returns how many objects were labelled.
-pub async fn adopt_legacy_members(client: &Client) -> Result<usize, kube::Error> {
-    let clusters = Api::<EtcdCluster>::all(client.clone())
+pub async fn adopt_legacy_members(client: &Client, scope: &Scope) -> Result<usize, kube::Error> {
+    let clusters = scope
+        .clusters(client.clone())
         .list(&ListParams::default())
         .await?
         .items;
     let selector = ListParams::default().labels(&legacy_selector());
     let mut labelled = 0;
-    let pods = Api::<Pod>::all(client.clone()).list(&selector).await?.items;
+    let pods = scope.pods(client.clone()).list(&selector).await?.items;
     for pod in pods {
         if let Some(uid) = legacy_owner(&pod.metadata, &clusters) {
-            let api: Api<Pod> =
-                Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
-            label(&api, &pod.name_any(), &uid).await?;
-            labelled += 1;
+            let (namespace, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+            let result = Api::<Pod>::namespaced(client.clone(), &namespace)
+                .patch(&name, &PatchParams::default(), &uid_label(&uid))
+                .await;
+            labelled += count_labelled(&name, result.map(drop))?;
         }
     }
-    let pvcs = Api::<PersistentVolumeClaim>::all(client.clone())
-        .list(&selector)
-        .await?
-        .items;
+    let pvcs = scope.pvcs(client.clone()).list(&selector).await?.items;
     for pvc in pvcs {
         if let Some(uid) = legacy_owner(&pvc.metadata, &clusters) {
-            let api: Api<PersistentVolumeClaim> =
-                Api::namespaced(client.clone(), &pvc.namespace().unwrap_or_default());
-            label(&api, &pvc.name_any(), &uid).await?;
-            labelled += 1;
+            let (namespace, name) = (pvc.namespace().unwrap_or_default(), pvc.name_any());
+            let result = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &namespace)
+                .patch(&name, &PatchParams::default(), &uid_label(&uid))
+                .await;
+            labelled += count_labelled(&name, result.map(drop))?;
         }
     }
     Ok(labelled)
 }
 
-async fn label<K>(api: &Api<K>, name: &str, uid: &str) -> Result<(), kube::Error>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let patch = serde_json::json!({"metadata": {"labels": {objects::CLUSTER_UID_LABEL: uid}}});
-    match api
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => {
+/// The patch that labels an object with its cluster's uid.
+fn uid_label(uid: &str) -> Patch<serde_json::Value> {
+    Patch::Merge(serde_json::json!({"metadata": {"labels": {objects::CLUSTER_UID_LABEL: uid}}}))
+}
+
+/// 1 for an object labelled, 0 for one gone meanwhile.
+fn count_labelled(name: &str, result: Result<(), kube::Error>) -> Result<usize, kube::Error> {
+    match result {
+        Ok(()) => {
             tracing::info!(%name, "labelled a member object made by an earlier operator with its cluster's uid");
-            Ok(())
+            Ok(1)
         }
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(0),
         Err(e) => Err(e),
     }
 }

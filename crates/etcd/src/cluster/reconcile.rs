@@ -32,7 +32,7 @@ use super::objects::{self, MemberPodParams, PodStart, RestoreIntent, SeedRestore
 use super::plan::{
     self, Desired, MemberView, Observed, PodView, RemoveReason, Start, Step, VolumeView,
 };
-use crate::controller;
+use crate::controller::{self, Scope};
 use crate::members::{self, EtcdError, EtcdMembers};
 use crate::restore::source::{self, SourceError};
 use crate::status::set_condition;
@@ -84,7 +84,7 @@ pub enum Error {
 }
 
 /// Runs the EtcdCluster controller until `shutdown` is cancelled.
-pub async fn run(client: Client, shutdown: CancellationToken, telemetry: Telemetry) {
+pub async fn run(client: Client, scope: Scope, shutdown: CancellationToken, telemetry: Telemetry) {
     let context = Arc::new(Context {
         metrics: telemetry.etcd.clone(),
         recorder: controller::recorder(&client, MANAGER),
@@ -95,17 +95,14 @@ pub async fn run(client: Client, shutdown: CancellationToken, telemetry: Telemet
         objects::MANAGED_BY_LABEL,
         objects::MANAGER
     ));
-    let clusters = Controller::new(
-        Api::<EtcdCluster>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<Pod>::all(client.clone()), owned.clone())
-    .owns(Api::<PersistentVolumeClaim>::all(client), owned);
+    let clusters = Controller::new(scope.clusters(client.clone()), watcher::Config::default())
+        .owns(scope.pods(client.clone()), owned.clone())
+        .owns(scope.pvcs(client), owned);
     // Members made by an earlier operator get the labels this one selects
     // by before it looks at any cluster: unseen, they would look like an
     // empty cluster.
     loop {
-        match super::adopt::adopt_legacy_members(&context.client).await {
+        match super::adopt::adopt_legacy_members(&context.client, &scope).await {
             Ok(0) => break,
             Ok(n) => {
                 tracing::info!("labelled {n} member objects of an earlier operator");
@@ -122,6 +119,7 @@ pub async fn run(client: Client, shutdown: CancellationToken, telemetry: Telemet
     }
     tokio::spawn(forget_deleted_clusters(
         context.client.clone(),
+        scope,
         context.metrics.clone(),
         shutdown.clone(),
     ));
@@ -145,10 +143,11 @@ const FORGET_PERIOD: Duration = Duration::from_secs(10);
 /// only) every [`FORGET_PERIOD`].
 async fn forget_deleted_clusters(
     client: Client,
+    scope: Scope,
     metrics: EtcdMetrics,
     shutdown: CancellationToken,
 ) {
-    let api = Api::<EtcdCluster>::all(client);
+    let api = scope.clusters(client);
     tracing::debug!("removing the series of deleted clusters every {FORGET_PERIOD:?}");
     loop {
         tokio::select! {
@@ -645,6 +644,7 @@ impl<'a> Pass<'a> {
             let patch = serde_json::json!({"metadata": {"annotations": {
                 objects::HELD_MEMBER_ANNOTATION: "true",
             }}});
+            crate::crash_point!("cluster.mark-held.before");
             match self
                 .pvcs
                 .patch(
@@ -654,7 +654,10 @@ impl<'a> Pass<'a> {
                 )
                 .await
             {
-                Ok(_) => volume.held_member = true,
+                Ok(_) => {
+                    crate::crash_point!("cluster.mark-held.after");
+                    volume.held_member = true;
+                }
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(e.into()),
             }
@@ -848,7 +851,9 @@ impl<'a> Pass<'a> {
                 // The volume first, carrying the restore's intent: whatever
                 // happens to the pod, every pod on this volume restores from
                 // exactly this source until the data is there.
+                crate::crash_point!("cluster.create-seed.before-volume");
                 self.ensure_volume(&member, seed_restore.as_ref()).await?;
+                crate::crash_point!("cluster.create-seed.after-volume");
                 let start = match seed_restore {
                     Some(intent) => PodStart::Restore(SeedRestore {
                         intent,
@@ -866,6 +871,7 @@ impl<'a> Pass<'a> {
                     version: version.clone(),
                 };
                 self.create_pod(&params).await?;
+                crate::crash_point!("cluster.create-seed.after-pod");
                 let note = match restored_from {
                     Some(url) => format!("created seed member {member}, restored from {url}"),
                     None => format!("created seed member {member}"),
@@ -904,7 +910,9 @@ impl<'a> Pass<'a> {
                     start,
                     version: version.clone(),
                 };
+                crate::crash_point!("cluster.create-pod.before");
                 self.create_pod(&params).await?;
+                crate::crash_point!("cluster.create-pod.after");
                 self.event(
                     EventType::Normal,
                     "MemberPodCreated",
@@ -921,6 +929,7 @@ impl<'a> Pass<'a> {
                 // an orphan. A crash after the add leaves a learner without
                 // a pod, which the plan gives its volume and pod.
                 let mut etcd = self.etcd(observation).await?;
+                crate::crash_point!("cluster.add-learner.before-add");
                 match etcd
                     .add_learner(&objects::peer_url(self.cluster, &member))
                     .await
@@ -932,7 +941,9 @@ impl<'a> Pass<'a> {
                     }
                     Err(e) => return Err(e.into()),
                 }
+                crate::crash_point!("cluster.add-learner.after-add");
                 self.ensure_volume(&member, None).await?;
+                crate::crash_point!("cluster.add-learner.after-volume");
                 self.event(
                     EventType::Normal,
                     "MemberAdded",
@@ -946,12 +957,15 @@ impl<'a> Pass<'a> {
                     version: version.clone(),
                 };
                 self.create_pod(&params).await?;
+                crate::crash_point!("cluster.add-learner.after-pod");
                 Ok(soon)
             }
             Step::Promote { id, member } => {
                 let mut etcd = self.etcd(observation).await?;
+                crate::crash_point!("cluster.promote.before");
                 match etcd.promote(*id).await {
                     Ok(()) => {
+                        crate::crash_point!("cluster.promote.after");
                         self.event(
                             EventType::Normal,
                             "MemberPromoted",
@@ -969,7 +983,9 @@ impl<'a> Pass<'a> {
             }
             Step::RemoveMember { id, member, reason } => {
                 let mut etcd = self.etcd(observation).await?;
+                crate::crash_point!("cluster.remove-member.before-remove");
                 etcd.remove(*id).await?;
+                crate::crash_point!("cluster.remove-member.after-remove");
                 let why = match reason {
                     RemoveReason::ScaleDown => "the spec asks for fewer members",
                     RemoveReason::DataLost => "its data volume is gone; a new member replaces it",
@@ -981,13 +997,16 @@ impl<'a> Pass<'a> {
                 )
                 .await;
                 self.delete_member_objects(member).await?;
+                crate::crash_point!("cluster.remove-member.after-delete");
                 Ok(soon)
             }
             Step::MoveLeader { to } => {
                 let leader = observation.members().iter().find(|m| m.leader);
                 if let Some(endpoint) = leader.and_then(|l| observation.endpoint(&l.name)) {
                     let mut etcd = EtcdMembers::connect(&[endpoint]).await?;
+                    crate::crash_point!("cluster.move-leader.before");
                     etcd.move_leader(*to).await?;
+                    crate::crash_point!("cluster.move-leader.after");
                     self.event(
                         EventType::Normal,
                         "LeaderMoved",
@@ -998,7 +1017,9 @@ impl<'a> Pass<'a> {
                 Ok(soon)
             }
             Step::DeleteOrphan { member } => {
+                crate::crash_point!("cluster.delete-orphan.before");
                 self.delete_member_objects(member).await?;
+                crate::crash_point!("cluster.delete-orphan.after");
                 self.event(
                     EventType::Normal,
                     "OrphanDeleted",
@@ -1008,11 +1029,13 @@ impl<'a> Pass<'a> {
                 Ok(soon)
             }
             Step::Upgrade { member } => {
+                crate::crash_point!("cluster.upgrade.before-delete");
                 match self.pods.delete(member, &DeleteParams::default()).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(e)) if e.code == 404 => {}
                     Err(e) => return Err(e.into()),
                 }
+                crate::crash_point!("cluster.upgrade.after-delete");
                 self.event(
                     EventType::Normal,
                     "MemberUpgrading",

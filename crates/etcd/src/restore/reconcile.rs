@@ -38,7 +38,7 @@ use crate::telemetry::Telemetry;
 
 use super::source;
 use crate::cluster::objects;
-use crate::controller;
+use crate::controller::{self, Scope};
 use crate::status::set_condition;
 
 /// The name the restore controller publishes events as.
@@ -61,12 +61,12 @@ pub enum Error {
 }
 
 /// Runs the EtcdRestore controller until `shutdown` is cancelled.
-pub async fn run(client: Client, shutdown: CancellationToken, telemetry: Telemetry) {
+pub async fn run(client: Client, scope: Scope, shutdown: CancellationToken, telemetry: Telemetry) {
     let context = Arc::new(Context {
         recorder: controller::recorder(&client, MANAGER),
         client: client.clone(),
     });
-    let restores = Controller::new(Api::<EtcdRestore>::all(client), watcher::Config::default());
+    let restores = Controller::new(scope.restores(client), watcher::Config::default());
     controller::drive(
         restores,
         shutdown,
@@ -225,11 +225,14 @@ pub async fn reconcile(restore: Arc<EtcdRestore>, ctx: Arc<Context>) -> Result<A
                     "resourceVersion": cluster.resource_version(),
                     "annotations": {objects::RESTORE_ANNOTATION: mark},
                 }});
+                crate::crash_point!("restore.mark.before");
                 match clusters
                     .patch(cluster_name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
                 {
-                    Ok(_) => {}
+                    Ok(_) => {
+                        crate::crash_point!("restore.mark.after");
+                    }
                     // Someone else wrote the cluster first: read again.
                     Err(kube::Error::Api(e)) if e.code == 409 => {
                         return Ok(Action::requeue(Duration::from_millis(200)));
@@ -328,7 +331,9 @@ async fn pin(
         &message,
         restore.meta().generation,
     );
+    crate::crash_point!("restore.pin.before-status");
     write_status(ctx, restore, &status).await?;
+    crate::crash_point!("restore.pin.after-status");
     Ok(Action::requeue(Duration::from_millis(200)))
 }
 

@@ -88,8 +88,10 @@ impl Pass<'_> {
         };
         if acknowledged.is_none() {
             // Taken on, in status, before anything is wiped.
+            crate::crash_point!("restore-in-place.acknowledge.before");
             self.acknowledge(&taken_on, RestoreOutcome::InProgress, &pin)
                 .await?;
+            crate::crash_point!("restore-in-place.acknowledge.after");
             return Ok(InPlace::Busy(Action::requeue(WAIT_REQUEUE)));
         }
 
@@ -103,8 +105,10 @@ impl Pass<'_> {
             .filter(|p| !self.is_marked(&p.metadata))
             .collect();
         if !old_pods.is_empty() || !old_pvcs.is_empty() {
+            crate::crash_point!("restore-in-place.wipe.before");
             self.wipe(restore_name, &old_pods, &old_pvcs, observation)
                 .await?;
+            crate::crash_point!("restore-in-place.wipe.after");
             return Ok(InPlace::Busy(Action::requeue(Duration::from_secs(1))));
         }
         if !pods.is_empty() || !pvcs.is_empty() {
@@ -132,9 +136,12 @@ impl Pass<'_> {
             revision: restore.revision,
             message: "restored and back to full size".to_string(),
         };
+        crate::crash_point!("restore-in-place.finish.before");
         self.write_acknowledgement(&ack).await?;
+        crate::crash_point!("restore-in-place.finish.after-acknowledge");
         self.remove_restore_mark(&objects::restore_mark(&restore.name, &restore.uid))
             .await?;
+        crate::crash_point!("restore-in-place.finish.after-unmark");
         self.event(
             EventType::Normal,
             "Restored",
