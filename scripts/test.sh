@@ -52,14 +52,16 @@ target/debug/bosun dev down --state-dir "$state_dir"
 # Phase 2: the failpoint matrix. Each (operation, crash point) pair runs its
 # own operators on the host in a namespace of its own, so the cluster has
 # no installed operator; the pairs mostly wait on etcd and the API server,
-# so four run at once on two cores.
+# so four run at once on two cores. The object store's restart test runs
+# here too: no test of this phase uses the store.
 new_state_dir
 echo "==> bosun dev up --operator none (state in $state_dir)"
 target/debug/bosun dev up --detach --operator none --state-dir "$state_dir"
 echo "==> cargo nextest run --run-ignored only (failpoint matrix)"
 BOSUN_KUBECONFIG="$state_dir/kubeconfig" \
   cargo nextest run --workspace --locked "${features[@]}" --no-fail-fast \
-  --run-ignored only -E 'binary(failpoints)' --test-threads 4
+  --run-ignored only --test-threads 4 \
+  -E 'binary(failpoints) | test(objects_survive_a_restart_of_the_stores_pod)'
 echo "==> bosun dev down"
 target/debug/bosun dev down --state-dir "$state_dir"
 

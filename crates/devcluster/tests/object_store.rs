@@ -232,10 +232,11 @@ async fn pods_reach_the_store_by_its_dns_name() {
 }
 
 /// Objects survive the store's pod being replaced: they are on the
-/// `local-path` volume. Not run by default, since it takes the shared store
-/// away for a few seconds from the other tests.
+/// `local-path` volume. Not run with the other tests, since it takes the
+/// store away for a few seconds: scripts/test.sh runs it in the failpoint
+/// phase, whose tests do not use the store.
 #[tokio::test]
-#[ignore = "restarts the shared object store; run alone with --run-ignored only"]
+#[ignore = "restarts the shared object store: scripts/test.sh runs it in the failpoint phase"]
 async fn objects_survive_a_restart_of_the_stores_pod() {
     let cluster = TestCluster::connect().await;
     let store = cluster.object_store().await;

@@ -18,14 +18,15 @@ use std::time::{Duration, Instant};
 use bosun_api::EtcdCluster;
 use bosun_devcluster::fixture::TestCluster;
 use bosun_devcluster::readiness::wait_until;
-use common::{DEADLINE, POLL, count_keys, etcd_client, wait_for_members};
+use common::{DEADLINE, POLL, count_keys, etcd_client, member_health, wait_for_members};
 use etcd_client::GetOptions;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 
 /// Upgrades the cluster to `version` while writing keys under `prefix`, and
 /// checks that every acknowledged write is there and that at least two of
-/// three members were healthy at every observation.
+/// three members were healthy, by etcd's own status calls, at every
+/// observation.
 async fn upgrade_under_writes(
     cluster: &TestCluster,
     ns: &str,
@@ -71,22 +72,13 @@ async fn upgrade_under_writes(
         DEADLINE,
         POLL,
         || {
-            let api = api.clone();
             let lowest_healthy = lowest_healthy.clone();
             async move {
-                let status = api
-                    .get("rolling")
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .status
-                    .unwrap_or_default();
-                let healthy = status.members.iter().filter(|m| m.ready).count();
+                // etcd's own word, member by member: not the operator's status.
+                let health = member_health(cluster, ns, "rolling").await;
+                let healthy = health.iter().filter(|(_, v)| v.is_some()).count();
                 lowest_healthy.fetch_min(healthy, Ordering::Relaxed);
-                Ok(status.members.len() == 3
-                    && status
-                        .members
-                        .iter()
-                        .all(|m| m.ready && m.version.as_deref() == Some(version)))
+                Ok(health.len() == 3 && health.iter().all(|(_, v)| v.as_deref() == Some(version)))
             }
         },
     )

@@ -226,3 +226,40 @@ pub async fn assert_unchanged_for<T, F, Fut>(
         tokio::time::sleep(POLL).await;
     }
 }
+
+/// Each member pod's own answer, read from etcd (not the operator): the
+/// version of every non-terminating member pod that answers its status call
+/// within 2 s without errors, by pod name; `None` for one that does not. (A
+/// leader is not required: during a leader hand-over every member may
+/// briefly know none, and that is no member down.)
+pub async fn member_health(
+    cluster: &TestCluster,
+    ns: &str,
+    name: &str,
+) -> Vec<(String, Option<String>)> {
+    let mut health = vec![];
+    for pod in member_pods(cluster, ns, name).await {
+        if pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+        let answer = match ip {
+            Some(ip) => tokio::time::timeout(Duration::from_secs(2), async move {
+                let mut etcd = EtcdClient::connect([format!("http://{ip}:2379")], None)
+                    .await
+                    .ok()?;
+                let status = etcd.status().await.ok()?;
+                status
+                    .errors()
+                    .is_empty()
+                    .then(|| status.version().to_string())
+            })
+            .await
+            .ok()
+            .flatten(),
+            None => None,
+        };
+        health.push((pod.name_any(), answer));
+    }
+    health
+}
