@@ -178,6 +178,20 @@ pub fn removal_keeps_quorum(voters: usize, healthy: usize, victim_healthy: bool)
     remaining > 0 && remaining_healthy * 2 > remaining
 }
 
+/// Whether the leader's member list (`current`) is the membership a removal
+/// of `victim` was decided on (`observed`): the same voters and learners,
+/// with the victim among them. A removal decided on a stale list could
+/// take a voter the observation never counted.
+pub fn same_membership(
+    observed: &[MemberView],
+    current: &[crate::members::Member],
+    victim: u64,
+) -> bool {
+    let seen: BTreeSet<(u64, bool)> = observed.iter().map(|m| (m.id, m.learner)).collect();
+    let now: BTreeSet<(u64, bool)> = current.iter().map(|m| (m.id, m.is_learner)).collect();
+    seen == now && now.iter().any(|(id, _)| *id == victim)
+}
+
 /// How `member`'s pod starts, from what its volume is known to hold.
 fn start_of(observed: &Observed, member: &str) -> Start {
     let volume = observed
@@ -669,6 +683,44 @@ mod tests {
         assert!(
             matches!(next_step(&desired(3), &observed), Step::RemoveMember { member, .. } if member == "b")
         );
+    }
+
+    #[test]
+    fn a_removal_waits_for_the_leaders_list_to_match_what_was_observed() {
+        let observed = healthy(&["a", "b", "c"]).members.unwrap_or_default();
+        let listed = |ids: &[(u64, bool)]| -> Vec<crate::members::Member> {
+            ids.iter()
+                .map(|(id, learner)| crate::members::Member {
+                    id: *id,
+                    name: String::new(),
+                    peer_urls: vec![],
+                    client_urls: vec![],
+                    is_learner: *learner,
+                })
+                .collect()
+        };
+        assert!(same_membership(
+            &observed,
+            &listed(&[(1, false), (2, false), (3, false)]),
+            3
+        ));
+        // The leader knows a member the stale list did not, or no longer the victim.
+        assert!(!same_membership(
+            &observed,
+            &listed(&[(1, false), (2, false), (3, false), (4, false)]),
+            3
+        ));
+        assert!(!same_membership(
+            &observed,
+            &listed(&[(1, false), (2, false)]),
+            3
+        ));
+        // A learner promoted meanwhile changes the count of voters.
+        assert!(!same_membership(
+            &observed,
+            &listed(&[(1, false), (2, false), (3, true)]),
+            3
+        ));
     }
 
     #[test]

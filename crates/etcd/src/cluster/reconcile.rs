@@ -982,7 +982,23 @@ impl<'a> Pass<'a> {
                 }
             }
             Step::RemoveMember { id, member, reason } => {
-                let mut etcd = self.etcd(observation).await?;
+                // The plan decided on a member list read from whichever
+                // member answered first, which may lag. The leader's list
+                // is the truth: remove only if it is the same membership.
+                let Some(leader) = observation
+                    .members()
+                    .iter()
+                    .find(|m| m.leader)
+                    .and_then(|l| observation.endpoint(&l.name))
+                else {
+                    return Ok(soon);
+                };
+                let mut etcd = EtcdMembers::connect(&[leader]).await?;
+                let current = etcd.list().await?;
+                if !plan::same_membership(observation.members(), &current, *id) {
+                    tracing::info!(%member, "the leader's member list differs from the one observed; observing again before a removal");
+                    return Ok(soon);
+                }
                 crate::crash_point!("cluster.remove-member.before-remove");
                 etcd.remove(*id).await?;
                 crate::crash_point!("cluster.remove-member.after-remove");
