@@ -328,6 +328,10 @@ fn override_deployment(manifest: &mut Manifest, overrides: &Overrides) -> anyhow
     });
     if let Some(dir) = &overrides.host_backup_dir {
         let path = dir.to_string_lossy().into_owned();
+        // The operator lets file backups and restores use this directory only.
+        let args = container.args.get_or_insert_with(Vec::new);
+        args.retain(|a| !a.starts_with("--backup-dir="));
+        args.push(format!("--backup-dir={path}"));
         container
             .volume_mounts
             .get_or_insert_with(Vec::new)
@@ -814,6 +818,14 @@ mod tests {
             .find(|m| m.name == BACKUP_VOLUME)
             .expect("the backup mount");
         assert_eq!(mount.mount_path, "/var/lib/etcd-backups");
+        // ... and the operator lets file backups and restores use it, only it.
+        let args = container.args.clone().unwrap_or_default();
+        assert_eq!(
+            args.iter()
+                .filter(|a| a.starts_with("--backup-dir="))
+                .collect::<Vec<_>>(),
+            vec!["--backup-dir=/var/lib/etcd-backups"]
+        );
         assert!(absolute_dir("relative/dir").is_err());
         assert!(absolute_dir("/").is_err());
     }

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use bosun_etcd::controller::Scope;
+use bosun_etcd::backup::policy::StoragePolicy;
+use bosun_etcd::controller::{Scope, Settings};
 use bosun_etcd::telemetry::{EtcdMetrics, Telemetry};
 use bosun_runtime::leader_election::ElectionConfig;
 use bosun_runtime::manager::Manager;
@@ -53,6 +54,18 @@ pub struct OperatorArgs {
     /// Watch and act in this namespace only [default: every namespace].
     #[arg(long, value_name = "NAMESPACE")]
     watch_namespace: Option<String>,
+    /// A directory `file` backups and `file://` restores may use (repeat for
+    /// more); none by default, so a tenant can never make the operator read
+    /// or write elsewhere on the node. `bosun install --host-backup-dir`
+    /// sets it.
+    #[arg(long = "backup-dir", value_name = "DIR")]
+    backup_dirs: Vec<PathBuf>,
+    /// Let backups and restores without a credentials Secret use the
+    /// operator's own cloud identity (its pod's workload identity, instance
+    /// profile, ...). Off by default: any tenant could read the others'
+    /// backups with it.
+    #[arg(long)]
+    allow_ambient_credentials: bool,
     /// Where /healthz, /readyz and /metrics are served.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -102,18 +115,24 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
         }
         let metrics = manager.metrics().clone();
         let etcd = EtcdMetrics::register(&metrics);
-        let scope = args.watch_namespace.map_or(Scope::All, Scope::Namespace);
+        let settings = Settings {
+            scope: args.watch_namespace.map_or(Scope::All, Scope::Namespace),
+            storage: StoragePolicy {
+                file_dirs: args.backup_dirs,
+                ambient_credentials: args.allow_ambient_credentials,
+            },
+        };
         manager.add_controller("etcdcluster", {
-            let (client, scope, telemetry) = (client.clone(), scope.clone(), Telemetry::new(&metrics, "etcdcluster", &etcd));
-            move |stop| bosun_etcd::cluster::reconcile::run(client, scope, stop, telemetry)
+            let (client, settings, telemetry) = (client.clone(), settings.clone(), Telemetry::new(&metrics, "etcdcluster", &etcd));
+            move |stop| bosun_etcd::cluster::reconcile::run(client, settings, stop, telemetry)
         });
         manager.add_controller("etcdbackup", {
-            let (client, scope, telemetry) = (client.clone(), scope.clone(), Telemetry::new(&metrics, "etcdbackup", &etcd));
-            move |stop| bosun_etcd::backup::reconcile::run(client, scope, stop, telemetry)
+            let (client, settings, telemetry) = (client.clone(), settings.clone(), Telemetry::new(&metrics, "etcdbackup", &etcd));
+            move |stop| bosun_etcd::backup::reconcile::run(client, settings, stop, telemetry)
         });
         manager.add_controller("etcdrestore", {
             let telemetry = Telemetry::new(&metrics, "etcdrestore", &etcd);
-            move |stop| bosun_etcd::restore::reconcile::run(client, scope, stop, telemetry)
+            move |stop| bosun_etcd::restore::reconcile::run(client, settings, stop, telemetry)
         });
 
         let listener = tokio::net::TcpListener::bind(args.listen)

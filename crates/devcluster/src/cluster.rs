@@ -410,6 +410,7 @@ pub async fn up(opts: &UpOptions) -> Result<RunningCluster, DevError> {
                 "operator".into(),
                 "--kubeconfig".into(),
                 admin_src.to_string_lossy().into_owned(),
+                format!("--backup-dir={}", layout.backups().display()),
             ],
             env: vec![],
         };

@@ -20,6 +20,15 @@ use kube::Api;
 
 use crate::telemetry::Telemetry;
 
+/// What the operator was started with that its controllers obey.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// The namespaces they watch and act in.
+    pub scope: Scope,
+    /// What tenants' backups and restores may make the operator touch.
+    pub storage: crate::backup::policy::StoragePolicy,
+}
+
 /// Which namespaces the controllers watch and act in: every namespace (the
 /// default), or one (`bosun operator --watch-namespace`, as operator-sdk's
 /// `WATCH_NAMESPACE`), so that an operator can be given one tenant's

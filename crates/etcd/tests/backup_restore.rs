@@ -797,3 +797,113 @@ async fn restores_pin_their_snapshot_one_at_a_time_and_stale_marks_wipe_nothing(
         "an event says why a stale mark was removed"
     );
 }
+
+/// Invariant: a tenant never gets more from the operator than its own
+/// rights. A `file://` restore source outside the operator's backup
+/// directories (`file:///etc/hostname`: the node's root filesystem) and a
+/// backup to such a directory are refused, and so is an object store
+/// without a credentials Secret (it would use the operator's own
+/// identity) — each with its reason, nothing created, the cluster
+/// untouched. Judged from the API server.
+#[tokio::test]
+async fn file_locations_outside_the_backup_dirs_and_ambient_credentials_are_refused() {
+    let cluster = TestCluster::connect().await;
+    let ns = cluster.namespace("storage-policy").await;
+    let clusters: Api<EtcdCluster> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let backups: Api<EtcdBackup> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let restores: Api<EtcdRestore> = Api::namespaced(cluster.client.clone(), &ns.name);
+    create_db(&clusters, &ns.name, 1, None).await;
+    let before = member_object_uids(&cluster, &ns.name).await;
+
+    let refused_backups: [(&str, serde_json::Value); 2] = [
+        (
+            "outside",
+            serde_json::json!({"file": {"path": "/etc/bosun-test"}}),
+        ),
+        (
+            "ambient",
+            serde_json::json!({"s3": {"bucket": BUCKET, "endpoint": S3_ENDPOINT, "forcePathStyle": true}}),
+        ),
+    ];
+    for (name, storage) in refused_backups {
+        let backup: EtcdBackup = serde_json::from_value(serde_json::json!({
+            "apiVersion": "etcd.bosun.dev/v1alpha1", "kind": "EtcdBackup",
+            "metadata": {"name": name, "namespace": ns.name},
+            "spec": {"clusterName": "db", "storage": storage},
+        }))
+        .expect("backup object");
+        backups
+            .create(&PostParams::default(), &backup)
+            .await
+            .expect("create backup");
+        let failed = wait_for_backup_phase(&backups, name, "Failed").await;
+        let condition = backup_condition(&failed, "Failed").expect("Failed condition");
+        assert_eq!(
+            condition.reason, "StorageRefused",
+            "{name}: {}",
+            condition.message
+        );
+    }
+    assert!(
+        !std::path::Path::new("/etc/bosun-test").exists(),
+        "the operator wrote outside its backup directories"
+    );
+
+    let outside = serde_json::json!({"location": {"url": "file:///etc/hostname"}});
+    restores
+        .create(
+            &PostParams::default(),
+            &restore_of(&ns.name, "outside", &outside),
+        )
+        .await
+        .expect("create restore");
+    let failed = wait_for_restore_phase(&restores, "outside", "Failed").await;
+    let condition = failed
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Failed")
+        .expect("Failed condition");
+    assert_eq!(
+        condition.reason, "RestoreSourceRefused",
+        "{}",
+        condition.message
+    );
+    assert_unchanged_for(
+        "the cluster's pods and volumes",
+        &before,
+        UNCHANGED_WINDOW,
+        || member_object_uids(&cluster, &ns.name),
+    )
+    .await;
+
+    // A new cluster seeded from the node's filesystem creates no member.
+    let seeded: EtcdCluster = serde_json::from_value(serde_json::json!({
+        "apiVersion": "etcd.bosun.dev/v1alpha1", "kind": "EtcdCluster",
+        "metadata": {"name": "seeded", "namespace": ns.name},
+        "spec": {"size": 1, "storage": {"size": "256Mi"},
+                 "bootstrap": {"restore": {"source": outside}}},
+    }))
+    .expect("cluster");
+    clusters
+        .create(&PostParams::default(), &seeded)
+        .await
+        .expect("create");
+    wait_until(
+        "the seeded cluster to report the refusal",
+        DEADLINE,
+        POLL,
+        || async {
+            let c = clusters.get("seeded").await.map_err(|e| e.to_string())?;
+            Ok(c.status.is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Degraded" && c.reason == "RestoreSourceRefused")
+            }))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(member_pods(&cluster, &ns.name, "seeded").await.is_empty());
+}

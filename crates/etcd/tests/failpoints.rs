@@ -44,6 +44,12 @@ impl Operator {
         command
             .args(["operator", "--kubeconfig"])
             .arg(&cluster.kubeconfig)
+            .arg(format!(
+                "--backup-dir={}",
+                bosun_devcluster::layout::Layout::new(cluster.state_dir())
+                    .backups()
+                    .display()
+            ))
             .args([
                 "--watch-namespace",
                 namespace,

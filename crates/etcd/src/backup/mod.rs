@@ -4,6 +4,7 @@
 //! ([`schedule`]) and retention ([`retention`]).
 
 pub mod digest;
+pub mod policy;
 pub mod reconcile;
 pub mod retention;
 pub mod schedule;

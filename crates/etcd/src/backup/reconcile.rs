@@ -31,12 +31,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::{BackupLabels, Telemetry};
 
+use super::policy::StoragePolicy;
 use super::schedule::{self, Due};
 use super::snapshot::{self, Manifest, SnapshotError};
 use super::store::{self, Credentials, Destination};
 use super::{retention, service_address};
 use crate::cluster::objects;
-use crate::controller::{self, Scope};
+use crate::controller::{self, Settings};
 use crate::members;
 use crate::status::{from_time, set_condition, to_time};
 
@@ -57,6 +58,9 @@ pub mod backup_reasons {
     pub const TIMEOUT: &str = "Timeout";
     /// The snapshot did not verify.
     pub const CORRUPT: &str = "SnapshotCorrupt";
+    /// The operator's storage policy refuses the destination (a directory
+    /// it was not installed with, or no credentials Secret).
+    pub const STORAGE_REFUSED: &str = "StorageRefused";
     /// Anything else.
     pub const FAILED: &str = "BackupFailed";
 }
@@ -69,6 +73,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// The etcd series of `/metrics`.
     pub metrics: crate::telemetry::EtcdMetrics,
+    /// What a backup's destination may be.
+    pub storage: StoragePolicy,
 }
 
 /// Why a pass failed; the controller retries with back-off. A failed
@@ -115,13 +121,19 @@ impl RunFailure {
 }
 
 /// Runs the EtcdBackup controller until `shutdown` is cancelled.
-pub async fn run(client: Client, scope: Scope, shutdown: CancellationToken, telemetry: Telemetry) {
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    shutdown: CancellationToken,
+    telemetry: Telemetry,
+) {
     let context = Arc::new(Context {
         metrics: telemetry.etcd.clone(),
         recorder: controller::recorder(&client, MANAGER),
         client: client.clone(),
+        storage: settings.storage,
     });
-    let backups = Controller::new(scope.backups(client), watcher::Config::default());
+    let backups = Controller::new(settings.scope.backups(client), watcher::Config::default());
     controller::drive(
         backups,
         shutdown,
@@ -540,6 +552,16 @@ async fn take_backup(
             format!("EtcdCluster {cluster_name} does not exist in namespace {namespace}"),
         ));
     };
+    // The operator's own rights are not the tenant's: no directory it was
+    // not installed with, no cloud identity of its own unless allowed.
+    ctx.storage
+        .check_storage(&backup.spec.storage)
+        .map_err(|why| {
+            RunFailure::new(
+                backup_reasons::STORAGE_REFUSED,
+                format!("spec.storage {why}"),
+            )
+        })?;
     let (destination, credentials) =
         open_destination(&ctx.client, &namespace, &backup.spec.storage).await?;
     let dir = backup_dir(&destination, backup);

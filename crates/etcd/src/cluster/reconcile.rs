@@ -32,7 +32,8 @@ use super::objects::{self, MemberPodParams, PodStart, RestoreIntent, SeedRestore
 use super::plan::{
     self, Desired, MemberView, Observed, PodView, RemoveReason, Start, Step, VolumeView,
 };
-use crate::controller::{self, Scope};
+use crate::backup::policy::StoragePolicy;
+use crate::controller::{self, Scope, Settings};
 use crate::members::{self, EtcdError, EtcdMembers};
 use crate::restore::source::{self, SourceError};
 use crate::status::set_condition;
@@ -61,6 +62,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// The etcd series of `/metrics`.
     pub metrics: EtcdMetrics,
+    /// What a bootstrap restore's source may be.
+    pub storage: StoragePolicy,
 }
 
 /// Why a pass failed; the controller retries with back-off.
@@ -84,11 +87,18 @@ pub enum Error {
 }
 
 /// Runs the EtcdCluster controller until `shutdown` is cancelled.
-pub async fn run(client: Client, scope: Scope, shutdown: CancellationToken, telemetry: Telemetry) {
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    shutdown: CancellationToken,
+    telemetry: Telemetry,
+) {
+    let scope = settings.scope;
     let context = Arc::new(Context {
         metrics: telemetry.etcd.clone(),
         recorder: controller::recorder(&client, MANAGER),
         client: client.clone(),
+        storage: settings.storage,
     });
     let owned = watcher::Config::default().labels(&format!(
         "{}={}",
@@ -826,7 +836,8 @@ impl<'a> Pass<'a> {
             return Ok(None);
         };
         let namespace = self.ns();
-        let mut resolved = source::resolve(&self.ctx.client, &namespace, source).await?;
+        let mut resolved =
+            source::resolve(&self.ctx.client, &namespace, source, &self.ctx.storage).await?;
         let summary = source::verify(&self.ctx.client, &namespace, &resolved).await?;
         resolved.location.sha256 = Some(summary.sha256);
         Ok(Some(RestoreIntent {

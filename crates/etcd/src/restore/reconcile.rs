@@ -37,8 +37,9 @@ use tokio_util::sync::CancellationToken;
 use crate::telemetry::Telemetry;
 
 use super::source;
+use crate::backup::policy::StoragePolicy;
 use crate::cluster::objects;
-use crate::controller::{self, Scope};
+use crate::controller::{self, Settings};
 use crate::status::set_condition;
 
 /// The name the restore controller publishes events as.
@@ -50,6 +51,8 @@ pub struct Context {
     pub client: Client,
     /// Publishes Events on EtcdRestores.
     pub recorder: Recorder,
+    /// What a restore's source may be.
+    pub storage: StoragePolicy,
 }
 
 /// Why a pass failed; the controller retries with back-off.
@@ -61,10 +64,17 @@ pub enum Error {
 }
 
 /// Runs the EtcdRestore controller until `shutdown` is cancelled.
-pub async fn run(client: Client, scope: Scope, shutdown: CancellationToken, telemetry: Telemetry) {
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    shutdown: CancellationToken,
+    telemetry: Telemetry,
+) {
+    let scope = settings.scope;
     let context = Arc::new(Context {
         recorder: controller::recorder(&client, MANAGER),
         client: client.clone(),
+        storage: settings.storage,
     });
     let restores = Controller::new(scope.restores(client), watcher::Config::default());
     controller::drive(
@@ -289,13 +299,14 @@ async fn pin(
     mut status: EtcdRestoreStatus,
     namespace: &str,
 ) -> Result<Action, Error> {
-    let resolved = match source::resolve(&ctx.client, namespace, &restore.spec.source).await {
-        Ok(resolved) => resolved,
-        Err(e) => {
-            fail(ctx, restore, status, e.reason, &e.message).await?;
-            return Ok(Action::await_change());
-        }
-    };
+    let resolved =
+        match source::resolve(&ctx.client, namespace, &restore.spec.source, &ctx.storage).await {
+            Ok(resolved) => resolved,
+            Err(e) => {
+                fail(ctx, restore, status, e.reason, &e.message).await?;
+                return Ok(Action::await_change());
+            }
+        };
     let summary = match source::verify(&ctx.client, namespace, &resolved).await {
         Ok(summary) => summary,
         Err(e) => {

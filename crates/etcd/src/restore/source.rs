@@ -9,6 +9,7 @@ use bosun_api::restore::{RestoreSource, SnapshotLocation};
 use kube::{Api, Client};
 
 use crate::backup::digest::Summary;
+use crate::backup::policy::StoragePolicy;
 use crate::backup::reconcile::{credentials_for, credentials_secret};
 use crate::backup::{service_address, snapshot, store};
 
@@ -56,8 +57,26 @@ fn location_in(storage: &BackupStorage, url: &str, sha256: &str) -> SnapshotLoca
     }
 }
 
-/// Makes a source concrete, reading the EtcdBackup it names.
+/// Reason: the operator's storage policy refuses the source.
+pub const SOURCE_REFUSED: &str = "RestoreSourceRefused";
+
+/// Makes a source concrete, reading the EtcdBackup it names, and checks it
+/// against the operator's storage policy (no file outside its backup
+/// directories, no object store with its own identity unless allowed).
 pub async fn resolve(
+    client: &Client,
+    namespace: &str,
+    source: &RestoreSource,
+    policy: &StoragePolicy,
+) -> Result<ResolvedSource, SourceError> {
+    let resolved = resolve_unchecked(client, namespace, source).await?;
+    policy.check_location(&resolved.location).map_err(|why| {
+        SourceError::new(SOURCE_REFUSED, format!("{}: {why}", resolved.location.url))
+    })?;
+    Ok(resolved)
+}
+
+async fn resolve_unchecked(
     client: &Client,
     namespace: &str,
     source: &RestoreSource,
