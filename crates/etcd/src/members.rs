@@ -203,6 +203,13 @@ pub async fn list_through_any(endpoints: &[String]) -> Option<Vec<Member>> {
     None
 }
 
+/// Whether an entry of a member's status errors is a raised alarm (etcd
+/// reports each as `memberID:<id> alarm:<NOSPACE|CORRUPT>`) rather than
+/// an error of the member itself.
+pub fn is_alarm(error: &str) -> bool {
+    error.contains("alarm:")
+}
+
 /// The status of the member at `endpoint` (one member, not the cluster).
 pub async fn member_status(endpoint: &str) -> Result<MemberStatus, EtcdError> {
     let mut single = EtcdMembers::connect(&[endpoint.to_string()]).await?;

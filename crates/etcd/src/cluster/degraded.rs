@@ -11,6 +11,8 @@ use super::plan::{MemberView, Step};
 
 /// Reason: members exist but none answered, so nothing is known healthy.
 pub const NO_MEMBER_ANSWERS: &str = "NoMemberAnswers";
+/// Reason: etcd raised an alarm (NOSPACE: the backend reached its quota).
+pub const ALARM_RAISED: &str = "AlarmRaised";
 /// Reason: a listed member is not healthy.
 pub const MEMBER_UNHEALTHY: &str = "MemberUnhealthy";
 
@@ -22,6 +24,8 @@ pub struct Report<'a> {
     pub refusal: Option<&'a str>,
     /// Member name → why its pod's init container failed.
     pub start_failures: &'a BTreeMap<String, String>,
+    /// Member name → the alarms it reports.
+    pub alarms: &'a BTreeMap<String, Vec<String>>,
     /// The membership, when some member answered.
     pub members: Option<&'a [MemberView]>,
     /// Whether any member pod or volume exists.
@@ -44,6 +48,9 @@ pub fn degraded(report: &Report<'_>) -> (bool, &'static str, String) {
             .collect::<Vec<_>>()
             .join("; ");
         return (true, reasons::MEMBER_START_FAILED, message);
+    }
+    if !report.alarms.is_empty() {
+        return (true, ALARM_RAISED, alarm_message(report.alarms));
     }
     let Some(members) = report.members else {
         // No answer is not health. Before the first member ever ran
@@ -74,9 +81,53 @@ pub fn degraded(report: &Report<'_>) -> (bool, &'static str, String) {
     }
 }
 
+/// What an alarm means and what to do, for the condition and the Event.
+pub fn alarm_message(alarms: &BTreeMap<String, Vec<String>>) -> String {
+    let raised = alarms
+        .iter()
+        .map(|(member, alarms)| format!("{member}: {}", alarms.join(", ")))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let nospace = alarms.values().flatten().any(|a| a.contains("NOSPACE"));
+    if nospace {
+        format!(
+            "etcd raised an alarm ({raised}): NOSPACE means the backend reached its quota \
+             (quota-backend-bytes) and etcd refuses writes, while reads, deletes and \
+             compaction still work and members stay Ready. To write again: delete what is not \
+             needed or raise the quota, compact (etcdctl compact <revision>), defragment one \
+             member at a time (etcdctl defrag), then etcdctl alarm disarm. Quorum is intact: \
+             do not restore from a backup for this"
+        )
+    } else {
+        format!("etcd raised an alarm ({raised}); see etcd's documentation for the alarm")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    static NO_ALARMS: BTreeMap<String, Vec<String>> = BTreeMap::new();
+
+    #[test]
+    fn an_alarm_is_its_own_condition_not_quorum_loss() {
+        let none = BTreeMap::new();
+        let alarms = BTreeMap::from([(
+            "a".to_string(),
+            vec!["memberID:1 alarm:NOSPACE".to_string()],
+        )]);
+        let members = [member("a", true)];
+        let (status, reason, message) = degraded(&Report {
+            alarms: &alarms,
+            ..report(&Step::Done, Some(&members), &none)
+        });
+        assert!(status);
+        assert_eq!(reason, ALARM_RAISED);
+        assert!(
+            message.contains("alarm disarm") && message.contains("do not restore"),
+            "{message}"
+        );
+    }
 
     fn member(name: &str, healthy: bool) -> MemberView {
         MemberView {
@@ -97,6 +148,7 @@ mod tests {
             step,
             refusal: None,
             start_failures: failures,
+            alarms: &NO_ALARMS,
             members,
             has_member_objects: true,
         }

@@ -128,6 +128,9 @@ pub const VERSION_ANNOTATION: &str = "etcd.bosun.dev/version";
 /// started with (`new` or `existing`).
 pub const INITIAL_STATE_ANNOTATION: &str = "etcd.bosun.dev/initial-state";
 
+/// The readiness probe's path: etcd's health, less the NOSPACE alarm.
+pub const READINESS_PATH: &str = "/health?exclude=NOSPACE";
+
 /// The name of the etcd container in a member pod.
 pub const ETCD_CONTAINER: &str = "etcd";
 /// The name of the data volume in a member pod.
@@ -859,11 +862,14 @@ pub fn member_pod(cluster: &EtcdCluster, params: &MemberPodParams) -> Pod {
         ]),
         env: (!env.is_empty()).then_some(env),
         resources: template.resources,
-        // /health fails while the member has no leader or an alarm is raised,
-        // so the client Service only sends clients to members that serve.
+        // /health fails while the member has no leader, so the client
+        // Service only sends clients to members that serve. A NOSPACE alarm
+        // is excluded: reads, deletes and compaction still work, and they
+        // are how the space is won back; without a Ready endpoint nobody
+        // could reach the cluster to do it.
         readiness_probe: Some(Probe {
             http_get: Some(HTTPGetAction {
-                path: Some("/health".to_string()),
+                path: Some(READINESS_PATH.to_string()),
                 port: IntOrString::Int(CLIENT_PORT),
                 scheme: Some("HTTP".to_string()),
                 ..HTTPGetAction::default()

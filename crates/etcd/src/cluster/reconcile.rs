@@ -335,6 +335,15 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
         step => step,
     };
 
+    let alarms = observation.alarms();
+    if !alarms.is_empty() {
+        pass.event(
+            EventType::Warning,
+            degraded::ALARM_RAISED,
+            &degraded::alarm_message(&alarms),
+        )
+        .await;
+    }
     let phase = phase_of(&step, &observation);
     let healthy = observation.healthy_voters();
     let voters = observation.voters();
@@ -365,6 +374,7 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
             step: &step,
             refusal: refusal.as_deref(),
             start_failures: &observation.start_failures,
+            alarms: &alarms,
             members: observation.plan.members.as_deref(),
             has_member_objects: !observation.plan.pods.is_empty()
                 || !observation.plan.volumes.is_empty(),
@@ -396,6 +406,25 @@ struct Observation {
     /// Member name → why its pod's init container (restore or data guard)
     /// failed, in the container's own words.
     start_failures: BTreeMap<String, String>,
+}
+
+impl Observation {
+    /// Member name → the alarms it reports (NOSPACE, CORRUPT).
+    fn alarms(&self) -> BTreeMap<String, Vec<String>> {
+        self.statuses
+            .iter()
+            .map(|(name, s)| {
+                let alarms: Vec<String> = s
+                    .errors
+                    .iter()
+                    .filter(|e| members::is_alarm(e))
+                    .cloned()
+                    .collect();
+                (name.clone(), alarms)
+            })
+            .filter(|(_, alarms)| !alarms.is_empty())
+            .collect()
+    }
 }
 
 impl Observation {
@@ -596,9 +625,12 @@ impl<'a> Pass<'a> {
                 .iter()
                 .map(|m| {
                     let name = member_name(m);
-                    let healthy = statuses
-                        .get(&name)
-                        .is_some_and(|s| s.errors.is_empty() && s.leader != 0);
+                    // An alarm is not ill health: a member with NOSPACE
+                    // serves reads and is how the space is won back. It is
+                    // reported on its own (Degraded, AlarmRaised).
+                    let healthy = statuses.get(&name).is_some_and(|s| {
+                        s.leader != 0 && s.errors.iter().all(|e| members::is_alarm(e))
+                    });
                     MemberView {
                         id: m.id,
                         learner: m.is_learner,

@@ -549,7 +549,7 @@ fn etcd_exposes_its_ports_and_is_ready_by_health() {
     );
     let probe = etcd.readiness_probe.as_ref().expect("readiness probe");
     let http = probe.http_get.as_ref().expect("httpGet");
-    assert_eq!(http.path.as_deref(), Some("/health"));
+    assert_eq!(http.path.as_deref(), Some("/health?exclude=NOSPACE"));
     assert_eq!(http.port, IntOrString::Int(2379));
     assert_eq!(probe.period_seconds, Some(1));
     assert_eq!(probe.timeout_seconds, Some(2));
