@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use bosun_api::EtcdCluster;
 use bosun_devcluster::fixture::TestCluster;
 use bosun_devcluster::readiness::wait_until;
-use common::{DEADLINE, POLL, count_keys, etcd_client, member_health, wait_for_members};
+use common::{
+    DEADLINE, POLL, count_keys, etcd_client, member_health, member_pods, wait_for_members,
+};
 use etcd_client::GetOptions;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -180,4 +182,103 @@ async fn upgrade_3_5_to_3_6_under_writes_keeps_every_acknowledged_write() {
         }
         other => panic!("expected the API server's refusal, got {other}"),
     }
+}
+
+/// Not stuck for good: an upgrade to an image that cannot start (pulled
+/// from a registry address where nothing listens, on loopback) leaves one
+/// member's pod in ImagePullBackOff; reverting the spec brings that member
+/// back on the old version, with its identity and every key, judged by
+/// etcd's own member list and status calls.
+#[tokio::test]
+async fn an_upgrade_to_an_image_that_cannot_start_is_undone_by_reverting_the_spec() {
+    let cluster = TestCluster::connect().await;
+    let ns = cluster.namespace("etcd-upgrade-stuck").await;
+    let api = rolling_cluster(&cluster, &ns.name, "3.6.16").await;
+    let mut etcd = etcd_client(&cluster, &ns.name, "rolling").await;
+    for i in 0..200 {
+        etcd.put(format!("/stuck/{i:04}"), "v", None)
+            .await
+            .expect("put");
+    }
+    let mut ids_before: Vec<u64> = etcd
+        .member_list()
+        .await
+        .expect("member list")
+        .members()
+        .iter()
+        .map(|m| m.id())
+        .collect();
+    ids_before.sort_unstable();
+    drop(etcd);
+
+    api.patch(
+        "rolling",
+        &PatchParams::default(),
+        &Patch::Merge(
+            serde_json::json!({"spec": {"version": "3.6.17", "image": "127.0.0.1:1/etcd"}}),
+        ),
+    )
+    .await
+    .expect("upgrade to an image nobody serves");
+    wait_until(
+        "a member's pod to fail pulling its image",
+        DEADLINE,
+        POLL,
+        || async {
+            Ok(member_pods(&cluster, &ns.name, "rolling")
+                .await
+                .iter()
+                .any(|p| {
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.container_statuses.as_ref())
+                        .is_some_and(|c| {
+                            c.iter().any(|c| {
+                                c.state
+                                    .as_ref()
+                                    .and_then(|s| s.waiting.as_ref())
+                                    .and_then(|w| w.reason.as_deref())
+                                    .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff")
+                            })
+                        })
+                }))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    api.patch(
+        "rolling",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"version": "3.6.16", "image": null}})),
+    )
+    .await
+    .expect("revert");
+    wait_until(
+        "every member to answer on 3.6.16 again",
+        DEADLINE,
+        POLL,
+        || async {
+            let health = member_health(&cluster, &ns.name, "rolling").await;
+            Ok(health.len() == 3 && health.iter().all(|(_, v)| v.as_deref() == Some("3.6.16")))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    wait_for_members(&api, "rolling", 3).await;
+    let mut etcd = etcd_client(&cluster, &ns.name, "rolling").await;
+    let mut ids_after: Vec<u64> = etcd
+        .member_list()
+        .await
+        .expect("member list")
+        .members()
+        .iter()
+        .map(|m| m.id())
+        .collect();
+    ids_after.sort_unstable();
+    assert_eq!(
+        ids_after, ids_before,
+        "the stuck member came back as itself"
+    );
+    assert_eq!(count_keys(&mut etcd, "/stuck/").await, 200);
 }

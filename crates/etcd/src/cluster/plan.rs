@@ -303,6 +303,24 @@ pub fn next_step(desired: &Desired, observed: &Observed) -> Step {
         };
     }
 
+    // A member that is not healthy and whose pod was made for another
+    // version than the one now wanted (an upgrade to an image that cannot
+    // start, then reverted) gets its pod replaced: waiting for it to become
+    // healthy first would wait for good. Replacing the pod of an unhealthy
+    // member takes nothing from quorum, and the member keeps its volume.
+    if let Some(stuck) = members.iter().find(|m| {
+        !m.healthy
+            && !any_pod_terminating
+            && observed.pods.iter().any(|p| {
+                p.member == m.name
+                    && !p.terminating
+                    && p.version.as_deref().is_some_and(|v| v != desired.version)
+            })
+    }) {
+        return Step::Upgrade {
+            member: stuck.name.clone(),
+        };
+    }
     if let Some(unhealthy) = members.iter().find(|m| !m.healthy) {
         return Step::Wait {
             reason: format!("member {} to become healthy", unhealthy.name),
@@ -724,6 +742,27 @@ mod tests {
     }
 
     #[test]
+    fn a_member_stuck_on_another_version_is_replaced_when_the_spec_is_reverted() {
+        // 3.6.16 was wanted; one member's pod was made for 3.7.3, whose image
+        // cannot start; the spec is reverted to 3.6.16.
+        let mut observed = healthy(&["a", "b", "c"]);
+        observed.pods[2].version = Some("3.7.3".into());
+        if let Some(members) = observed.members.as_mut() {
+            members[2].healthy = false;
+        }
+        assert_eq!(
+            next_step(&desired(3), &observed),
+            Step::Upgrade { member: "c".into() }
+        );
+        // An unhealthy member on the wanted version is waited for.
+        observed.pods[2].version = Some("3.6.16".into());
+        assert!(matches!(
+            next_step(&desired(3), &observed),
+            Step::Wait { .. }
+        ));
+    }
+
+    #[test]
     fn a_restore_seed_lost_before_it_answered_restores_again() {
         // The seed's pod was deleted while its restore init container ran.
         let observed = Observed {
@@ -1002,11 +1041,19 @@ mod tests {
                         step,
                         Step::AddLearner
                             | Step::Promote { .. }
-                            | Step::Upgrade { .. }
                             | Step::MoveLeader { .. }
                             | Step::RemoveMember { reason: RemoveReason::ScaleDown, .. }
                     );
                     prop_assert!(!changes, "{:?} while a member is unhealthy", step);
+                    // Only an unhealthy member's pod is replaced meanwhile:
+                    // never a healthy one, which would take from quorum.
+                    if let Step::Upgrade { member } = &step {
+                        let members = observed.members.clone().unwrap_or_default();
+                        prop_assert!(
+                            members.iter().any(|m| &m.name == member && !m.healthy),
+                            "{member}'s healthy pod replaced while another member is unhealthy"
+                        );
+                    }
                 }
             }
 
