@@ -193,6 +193,38 @@ async fn assert_resumed_watch_is_compacted(etcd: &mut EtcdClient, revision: i64)
     );
 }
 
+/// Creates `seeded` (a cluster bootstrapped from a backup) and asserts that
+/// it reports `reason` in its Degraded condition and creates no member.
+async fn assert_seed_refused(
+    cluster: &TestCluster,
+    clusters: &Api<EtcdCluster>,
+    ns: &str,
+    seeded: &EtcdCluster,
+    reason: &str,
+) {
+    let name = seeded.name_any();
+    clusters
+        .create(&PostParams::default(), seeded)
+        .await
+        .expect("create");
+    wait_until(
+        &format!("{name} to report {reason}"),
+        DEADLINE,
+        POLL,
+        || async {
+            let c = clusters.get(&name).await.map_err(|e| e.to_string())?;
+            Ok(c.status.is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Degraded" && c.reason == reason)
+            }))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(member_pods(cluster, ns, &name).await.is_empty());
+}
+
 /// Every Event message in a namespace.
 async fn event_messages(cluster: &TestCluster, ns: &str) -> Vec<String> {
     let events: Api<Event> = Api::namespaced(cluster.client.clone(), ns);
@@ -487,26 +519,7 @@ async fn corrupt_and_truncated_snapshots_are_refused_and_the_cluster_is_untouche
                  "bootstrap": {"restore": {"source": {"backup": {"name": "file"}}}}},
     }))
     .expect("cluster");
-    clusters
-        .create(&PostParams::default(), &seeded)
-        .await
-        .expect("create");
-    wait_until(
-        "the seeded cluster to report the corrupt snapshot",
-        DEADLINE,
-        POLL,
-        || async {
-            let c = clusters.get("seeded").await.map_err(|e| e.to_string())?;
-            Ok(c.status.is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Degraded" && c.reason == "SnapshotCorrupt")
-            }))
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert!(member_pods(&cluster, &ns.name, "seeded").await.is_empty());
+    assert_seed_refused(&cluster, &clusters, &ns.name, &seeded, "SnapshotCorrupt").await;
 
     // The target kept its pods and every key, including those after the backup.
     let pods_after: Vec<String> = member_pods(&cluster, &ns.name, "db")
@@ -886,24 +899,12 @@ async fn file_locations_outside_the_backup_dirs_and_ambient_credentials_are_refu
                  "bootstrap": {"restore": {"source": outside}}},
     }))
     .expect("cluster");
-    clusters
-        .create(&PostParams::default(), &seeded)
-        .await
-        .expect("create");
-    wait_until(
-        "the seeded cluster to report the refusal",
-        DEADLINE,
-        POLL,
-        || async {
-            let c = clusters.get("seeded").await.map_err(|e| e.to_string())?;
-            Ok(c.status.is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Degraded" && c.reason == "RestoreSourceRefused")
-            }))
-        },
+    assert_seed_refused(
+        &cluster,
+        &clusters,
+        &ns.name,
+        &seeded,
+        "RestoreSourceRefused",
     )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert!(member_pods(&cluster, &ns.name, "seeded").await.is_empty());
+    .await;
 }

@@ -3,7 +3,7 @@
 //! its volume with the same identity) and a deleted pod with its volume
 //! (the member is replaced by a new one), and a volume emptied under a
 //! member (the member is replaced, never restarted empty under its old
-//! identity).
+//! identity), and a scale-up whose learner cannot start, reverted.
 
 mod common;
 
@@ -15,8 +15,8 @@ use bosun_devcluster::fixture::{TestCluster, kill_container_from_host};
 use bosun_devcluster::readiness::wait_until;
 use common::{DEADLINE, POLL, count_keys, etcd_client, member_pods, wait_for_members};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
-use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
 
 const KEYS: usize = 300;
 
@@ -237,4 +237,88 @@ async fn a_member_whose_volume_was_emptied_is_replaced_and_never_rejoins_empty()
     wait_for_members(&api, "amnesia", 3).await;
     let mut etcd = etcd_client(&cluster, &ns.name, "amnesia").await;
     assert_eq!(count_keys(&mut etcd, "/heal/").await, KEYS as i64);
+}
+
+/// Not stuck for good: a scale-up whose new member cannot start (its pod
+/// unschedulable) leaves a learner that never becomes healthy; reverting
+/// the scale-up removes it, and the cluster is back to its one member —
+/// judged by etcd's own member list and the pods and volumes the API
+/// server lists.
+#[tokio::test]
+async fn a_learner_that_cannot_start_goes_when_the_scale_up_is_reverted() {
+    let cluster = TestCluster::connect().await;
+    let ns = cluster.namespace("etcd-learner-stuck").await;
+    let api: Api<EtcdCluster> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let object: EtcdCluster = serde_json::from_value(serde_json::json!({
+        "apiVersion": "etcd.bosun.dev/v1alpha1", "kind": "EtcdCluster",
+        "metadata": {"name": "grow", "namespace": ns.name},
+        "spec": {"size": 1, "storage": {"size": "256Mi"}}
+    }))
+    .expect("cluster object");
+    api.create(&PostParams::default(), &object)
+        .await
+        .expect("create cluster");
+    wait_for_members(&api, "grow", 1).await;
+    let mut etcd = etcd_client(&cluster, &ns.name, "grow").await;
+    etcd.put("/grow/key", "v", None).await.expect("put");
+    let seed = member_pods(&cluster, &ns.name, "grow")
+        .await
+        .remove(0)
+        .name_any();
+
+    // New pods can run nowhere: the learner is added, its pod stays Pending.
+    api.patch(
+        "grow",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"size": 2, "podTemplate": {"nodeSelector": {"bosun.dev/no-such-node": "true"}}}})),
+    )
+    .await
+    .expect("scale up");
+    wait_until("a learner to be added", DEADLINE, POLL, || async {
+        let list = etcd
+            .clone()
+            .member_list()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(list.members().iter().any(|m| m.is_learner()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    api.patch(
+        "grow",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"size": 1, "podTemplate": null}})),
+    )
+    .await
+    .expect("revert the scale-up");
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), &ns.name);
+    wait_until("the learner to be gone", DEADLINE, POLL, || async {
+        let list = etcd
+            .clone()
+            .member_list()
+            .await
+            .map_err(|e| e.to_string())?;
+        let pods: Vec<String> = member_pods(&cluster, &ns.name, "grow")
+            .await
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| p.name_any())
+            .collect();
+        let volumes = pvcs
+            .list(
+                &kube::api::ListParams::default()
+                    .labels(&bosun_etcd::cluster::objects::label_selector("grow")),
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .len();
+        Ok(list.members().len() == 1 && pods == vec![seed.clone()] && volumes == 1)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    wait_for_members(&api, "grow", 1).await;
+    let value = etcd.get("/grow/key", None).await.expect("get");
+    assert_eq!(value.kvs().len(), 1);
 }

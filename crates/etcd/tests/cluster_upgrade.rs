@@ -19,7 +19,8 @@ use bosun_api::EtcdCluster;
 use bosun_devcluster::fixture::TestCluster;
 use bosun_devcluster::readiness::wait_until;
 use common::{
-    DEADLINE, POLL, count_keys, etcd_client, member_health, member_pods, wait_for_members,
+    DEADLINE, POLL, count_keys, etcd_client, member_health, member_ids, member_pods,
+    wait_for_members,
 };
 use etcd_client::GetOptions;
 use kube::Api;
@@ -200,15 +201,7 @@ async fn an_upgrade_to_an_image_that_cannot_start_is_undone_by_reverting_the_spe
             .await
             .expect("put");
     }
-    let mut ids_before: Vec<u64> = etcd
-        .member_list()
-        .await
-        .expect("member list")
-        .members()
-        .iter()
-        .map(|m| m.id())
-        .collect();
-    ids_before.sort_unstable();
+    let ids_before = member_ids(&mut etcd).await;
     drop(etcd);
 
     api.patch(
@@ -267,15 +260,7 @@ async fn an_upgrade_to_an_image_that_cannot_start_is_undone_by_reverting_the_spe
     .unwrap_or_else(|e| panic!("{e}"));
     wait_for_members(&api, "rolling", 3).await;
     let mut etcd = etcd_client(&cluster, &ns.name, "rolling").await;
-    let mut ids_after: Vec<u64> = etcd
-        .member_list()
-        .await
-        .expect("member list")
-        .members()
-        .iter()
-        .map(|m| m.id())
-        .collect();
-    ids_after.sort_unstable();
+    let ids_after = member_ids(&mut etcd).await;
     assert_eq!(
         ids_after, ids_before,
         "the stuck member came back as itself"

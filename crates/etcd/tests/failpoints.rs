@@ -23,7 +23,7 @@ use bosun_devcluster::fixture::{BackupDir, TestCluster, bosun_binary};
 use bosun_devcluster::readiness::wait_until;
 use bosun_etcd::cluster::objects;
 use bosun_etcd::failpoints::CRASH_EXIT_CODE;
-use common::{DEADLINE, POLL, count_keys, etcd_client, member_pods};
+use common::{DEADLINE, POLL, count_keys, etcd_client, member_ids, member_pods};
 use etcd_client::{Client as EtcdClient, GetOptions};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -91,6 +91,20 @@ impl Operator {
                 None => tokio::time::sleep(POLL).await,
             }
         }
+    }
+}
+
+impl Operator {
+    /// Waits for this armed operator to crash at `point`, then starts the
+    /// clean one that must finish the work.
+    async fn crashed_then_replaced(
+        mut self,
+        cluster: &TestCluster,
+        namespace: &str,
+        point: &str,
+    ) -> Operator {
+        self.assert_crashes(point).await;
+        Operator::start(cluster, namespace, None)
     }
 }
 
@@ -237,10 +251,9 @@ async fn create(point: &str, test: &str) {
     let cluster = TestCluster::connect().await;
     let ns = cluster.namespace(test).await;
     let api: Api<EtcdCluster> = Api::namespaced(cluster.client.clone(), &ns.name);
-    let mut armed = Operator::start(&cluster, &ns.name, Some(point));
+    let armed = Operator::start(&cluster, &ns.name, Some(point));
     create_cluster(&api, &ns.name, "db", 3, serde_json::json!({})).await;
-    armed.assert_crashes(point).await;
-    let _clean = Operator::start(&cluster, &ns.name, None);
+    let _clean = armed.crashed_then_replaced(&cluster, &ns.name, point).await;
     wait_for_cluster_at_rest(&cluster, &ns.name, "db", 3).await;
 }
 
@@ -268,7 +281,7 @@ async fn scale_down(point: &str, test: &str) {
     let ns = cluster.namespace(test).await;
     prepared_cluster(&cluster, &ns.name, 3, 100, serde_json::json!({})).await;
     let api: Api<EtcdCluster> = Api::namespaced(cluster.client.clone(), &ns.name);
-    let mut armed = Operator::start(&cluster, &ns.name, Some(point));
+    let armed = Operator::start(&cluster, &ns.name, Some(point));
     api.patch(
         "db",
         &PatchParams::default(),
@@ -276,8 +289,7 @@ async fn scale_down(point: &str, test: &str) {
     )
     .await
     .expect("scale down");
-    armed.assert_crashes(point).await;
-    let _clean = Operator::start(&cluster, &ns.name, None);
+    let _clean = armed.crashed_then_replaced(&cluster, &ns.name, point).await;
     wait_for_cluster_at_rest(&cluster, &ns.name, "db", 1).await;
     let mut etcd = etcd_client(&cluster, &ns.name, "db").await;
     assert_exactly_keys(&mut etcd, 100).await;
@@ -290,15 +302,7 @@ async fn heal(point: &str, test: &str) {
     let ns = cluster.namespace(test).await;
     prepared_cluster(&cluster, &ns.name, 3, 100, serde_json::json!({})).await;
     let mut etcd = etcd_client(&cluster, &ns.name, "db").await;
-    let mut ids_before: Vec<u64> = etcd
-        .member_list()
-        .await
-        .expect("member list")
-        .members()
-        .iter()
-        .map(|m| m.id())
-        .collect();
-    ids_before.sort_unstable();
+    let ids_before = member_ids(&mut etcd).await;
     drop(etcd);
     let victim = member_pods(&cluster, &ns.name, "db")
         .await
@@ -309,20 +313,11 @@ async fn heal(point: &str, test: &str) {
     pods.delete(&victim, &DeleteParams::default())
         .await
         .expect("delete a member pod");
-    let mut armed = Operator::start(&cluster, &ns.name, Some(point));
-    armed.assert_crashes(point).await;
-    let _clean = Operator::start(&cluster, &ns.name, None);
+    let armed = Operator::start(&cluster, &ns.name, Some(point));
+    let _clean = armed.crashed_then_replaced(&cluster, &ns.name, point).await;
     wait_for_cluster_at_rest(&cluster, &ns.name, "db", 3).await;
     let mut etcd = etcd_client(&cluster, &ns.name, "db").await;
-    let mut ids_after: Vec<u64> = etcd
-        .member_list()
-        .await
-        .expect("member list")
-        .members()
-        .iter()
-        .map(|m| m.id())
-        .collect();
-    ids_after.sort_unstable();
+    let ids_after = member_ids(&mut etcd).await;
     assert_eq!(ids_after, ids_before, "a healed member keeps its identity");
     assert_exactly_keys(&mut etcd, 100).await;
 }
@@ -341,7 +336,7 @@ async fn upgrade(point: &str, test: &str) {
     )
     .await;
     let api: Api<EtcdCluster> = Api::namespaced(cluster.client.clone(), &ns.name);
-    let mut armed = Operator::start(&cluster, &ns.name, Some(point));
+    let armed = Operator::start(&cluster, &ns.name, Some(point));
     api.patch(
         "db",
         &PatchParams::default(),
@@ -349,8 +344,7 @@ async fn upgrade(point: &str, test: &str) {
     )
     .await
     .expect("upgrade");
-    armed.assert_crashes(point).await;
-    let _clean = Operator::start(&cluster, &ns.name, None);
+    let _clean = armed.crashed_then_replaced(&cluster, &ns.name, point).await;
     wait_until("every member to run 3.6.16", DEADLINE, POLL, || async {
         let endpoints: Vec<String> = member_pods(&cluster, &ns.name, "db")
             .await
@@ -414,7 +408,7 @@ async fn bootstrap_restore(point: &str, test: &str) {
     prepared_cluster(&cluster, &ns.name, 1, 150, serde_json::json!({})).await;
     let backup = prepared_backup(&cluster, &ns.name, &dir).await;
     let api: Api<EtcdCluster> = Api::namespaced(cluster.client.clone(), &ns.name);
-    let mut armed = Operator::start(&cluster, &ns.name, Some(point));
+    let armed = Operator::start(&cluster, &ns.name, Some(point));
     create_cluster(
         &api,
         &ns.name,
@@ -423,8 +417,7 @@ async fn bootstrap_restore(point: &str, test: &str) {
         serde_json::json!({"bootstrap": {"restore": {"source": {"backup": {"name": backup}}}}}),
     )
     .await;
-    armed.assert_crashes(point).await;
-    let _clean = Operator::start(&cluster, &ns.name, None);
+    let _clean = armed.crashed_then_replaced(&cluster, &ns.name, point).await;
     wait_for_cluster_at_rest(&cluster, &ns.name, "restored", 1).await;
     let mut etcd = etcd_client(&cluster, &ns.name, "restored").await;
     assert_exactly_keys(&mut etcd, 150).await;
@@ -443,7 +436,7 @@ async fn restore_in_place(point: &str, test: &str) {
     write_keys(&mut etcd, 150, 250).await;
     drop(etcd);
     let restores: Api<EtcdRestore> = Api::namespaced(cluster.client.clone(), &ns.name);
-    let mut armed = Operator::start(&cluster, &ns.name, Some(point));
+    let armed = Operator::start(&cluster, &ns.name, Some(point));
     let restore: EtcdRestore = serde_json::from_value(serde_json::json!({
         "apiVersion": "etcd.bosun.dev/v1alpha1", "kind": "EtcdRestore",
         "metadata": {"name": "back", "namespace": ns.name},
@@ -454,8 +447,7 @@ async fn restore_in_place(point: &str, test: &str) {
         .create(&PostParams::default(), &restore)
         .await
         .expect("create restore");
-    armed.assert_crashes(point).await;
-    let _clean = Operator::start(&cluster, &ns.name, None);
+    let _clean = armed.crashed_then_replaced(&cluster, &ns.name, point).await;
     wait_until("the restore to succeed", DEADLINE, POLL, || async {
         let r = restores.get("back").await.map_err(|e| e.to_string())?;
         let phase = r.status.and_then(|s| s.phase).map(|p| format!("{p:?}"));
@@ -492,7 +484,7 @@ async fn backup(point: &str, test: &str) {
     prepared_cluster(&cluster, &ns.name, 1, 150, serde_json::json!({})).await;
     prepared_backup(&cluster, &ns.name, &dir).await;
     let backups: Api<EtcdBackup> = Api::namespaced(cluster.client.clone(), &ns.name);
-    let mut armed = Operator::start(&cluster, &ns.name, Some(point));
+    let armed = Operator::start(&cluster, &ns.name, Some(point));
     backups
         .create(
             &PostParams::default(),
@@ -500,8 +492,7 @@ async fn backup(point: &str, test: &str) {
         )
         .await
         .expect("create backup");
-    armed.assert_crashes(point).await;
-    let _clean = Operator::start(&cluster, &ns.name, None);
+    let _clean = armed.crashed_then_replaced(&cluster, &ns.name, point).await;
     let done = common::wait_for_backup_phase(&backups, "again", "Succeeded").await;
     let record = done.status.expect("status").backups[0].clone();
     let file = std::path::PathBuf::from(record.location.trim_start_matches("file://"));

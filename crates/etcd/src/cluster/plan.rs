@@ -168,6 +168,9 @@ pub enum RemoveReason {
     ScaleDown,
     /// Its data volume is gone; a new member replaces it.
     DataLost,
+    /// A learner that never became healthy, and the spec no longer needs it
+    /// (a scale-up reverted while the new member could not start).
+    NotNeeded,
 }
 
 /// Whether a voter can leave a membership of `voters` voters, `healthy` of
@@ -300,6 +303,20 @@ pub fn next_step(desired: &Desired, observed: &Observed) -> Step {
             id: lost.id,
             member: lost.name.clone(),
             reason: RemoveReason::DataLost,
+        };
+    }
+
+    // A learner that cannot start (its pod unschedulable, its image
+    // missing) holds every other step; once the spec no longer wants it —
+    // the scale-up was reverted — it goes. A learner does not vote, so its
+    // removal takes nothing from quorum.
+    if voters.len() >= desired.size
+        && let Some(learner) = members.iter().find(|m| m.learner && !m.healthy)
+    {
+        return Step::RemoveMember {
+            id: learner.id,
+            member: learner.name.clone(),
+            reason: RemoveReason::NotNeeded,
         };
     }
 
@@ -739,6 +756,29 @@ mod tests {
             &listed(&[(1, false), (2, false), (3, true)]),
             3
         ));
+    }
+
+    #[test]
+    fn a_learner_that_cannot_start_goes_when_the_scale_up_is_reverted() {
+        let mut observed = healthy(&["a", "b"]);
+        if let Some(members) = observed.members.as_mut() {
+            members[1].learner = true;
+            members[1].healthy = false;
+        }
+        // Still wanted: waited for.
+        assert!(matches!(
+            next_step(&desired(2), &observed),
+            Step::Wait { .. }
+        ));
+        // No longer wanted: removed.
+        assert_eq!(
+            next_step(&desired(1), &observed),
+            Step::RemoveMember {
+                id: 2,
+                member: "b".into(),
+                reason: RemoveReason::NotNeeded
+            }
+        );
     }
 
     #[test]

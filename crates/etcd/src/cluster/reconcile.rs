@@ -1048,6 +1048,9 @@ impl<'a> Pass<'a> {
                 let why = match reason {
                     RemoveReason::ScaleDown => "the spec asks for fewer members",
                     RemoveReason::DataLost => "its data volume is gone; a new member replaces it",
+                    RemoveReason::NotNeeded => {
+                        "a learner that never became healthy, no longer needed by the spec"
+                    }
                 };
                 self.event(
                     EventType::Normal,

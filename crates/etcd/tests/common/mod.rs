@@ -263,3 +263,17 @@ pub async fn member_health(
     }
     health
 }
+
+/// etcd's own member IDs, sorted, as the member `etcd` is connected to lists them.
+pub async fn member_ids(etcd: &mut EtcdClient) -> Vec<u64> {
+    let mut ids: Vec<u64> = etcd
+        .member_list()
+        .await
+        .expect("member list")
+        .members()
+        .iter()
+        .map(|m| m.id())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
