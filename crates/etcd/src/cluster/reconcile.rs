@@ -4,12 +4,12 @@
 //! the operator between any two calls leads to a correct finish after a
 //! restart.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bosun_api::EtcdCluster;
-use bosun_api::cluster::{ClusterPhase, MemberStatus};
+use bosun_api::cluster::ClusterPhase;
 use bosun_api::conditions::{self, reasons};
 use bosun_api::validation::{check_version_change, validate_cluster};
 use bosun_api::version::EtcdVersion;
@@ -26,15 +26,18 @@ use tokio_util::sync::CancellationToken;
 use crate::telemetry::{ClusterLabels, EtcdMetrics, Telemetry};
 
 mod in_place_restore;
+mod observation;
+mod status_report;
+
+use observation::{Observation, storage_migrated_to};
+use status_report::{describe, member_statuses, phase_of};
 
 use super::degraded;
 use super::objects::{self, MemberPodParams, PodStart, RestoreIntent, SeedRestore};
-use super::plan::{
-    self, Desired, MemberView, Observed, PodView, RemoveReason, Start, Step, VolumeView,
-};
+use super::plan::{self, Desired, RemoveReason, Start, Step};
 use crate::backup::policy::StoragePolicy;
 use crate::controller::{self, Scope, Settings};
-use crate::members::{self, EtcdError, EtcdMembers};
+use crate::members::{EtcdError, EtcdMembers};
 use crate::restore::source::{self, SourceError};
 use crate::status::set_condition;
 use in_place_restore::InPlace;
@@ -392,76 +395,6 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
     Ok(requeue)
 }
 
-/// What one pass observed.
-struct Observation {
-    plan: Observed,
-    /// Member name → pod IP, for pods that have one.
-    pod_ips: BTreeMap<String, String>,
-    /// The membership as etcd lists it (with URLs), when known.
-    listed: Option<Vec<members::Member>>,
-    /// Member name → its own status, when it answered.
-    statuses: BTreeMap<String, members::MemberStatus>,
-    /// Member name → the restore its volume was made for.
-    restore_intents: BTreeMap<String, Result<RestoreIntent, String>>,
-    /// Member name → why its pod's init container (restore or data guard)
-    /// failed, in the container's own words.
-    start_failures: BTreeMap<String, String>,
-}
-
-impl Observation {
-    /// Member name → the alarms it reports (NOSPACE, CORRUPT).
-    fn alarms(&self) -> BTreeMap<String, Vec<String>> {
-        self.statuses
-            .iter()
-            .map(|(name, s)| {
-                let alarms: Vec<String> = s
-                    .errors
-                    .iter()
-                    .filter(|e| members::is_alarm(e))
-                    .cloned()
-                    .collect();
-                (name.clone(), alarms)
-            })
-            .filter(|(_, alarms)| !alarms.is_empty())
-            .collect()
-    }
-}
-
-impl Observation {
-    fn members(&self) -> &[MemberView] {
-        self.plan.members.as_deref().unwrap_or_default()
-    }
-    fn voters(&self) -> usize {
-        self.members().iter().filter(|m| !m.learner).count()
-    }
-    fn healthy_voters(&self) -> usize {
-        self.members()
-            .iter()
-            .filter(|m| !m.learner && m.healthy)
-            .count()
-    }
-    fn endpoint(&self, member: &str) -> Option<String> {
-        self.pod_ips
-            .get(member)
-            .map(|ip| format!("http://{ip}:{}", objects::CLIENT_PORT))
-    }
-}
-
-/// The name of a member: etcd's, or for a learner that has not started yet
-/// (etcd knows only its peer URL), the host part of that URL.
-fn member_name(member: &members::Member) -> String {
-    if !member.name.is_empty() {
-        return member.name.clone();
-    }
-    member
-        .peer_urls
-        .first()
-        .and_then(|url| url.split("://").nth(1))
-        .and_then(|host| host.split(['.', ':']).next())
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// One reconcile pass's handles.
 struct Pass<'a> {
     cluster: &'a EtcdCluster,
@@ -546,164 +479,6 @@ impl<'a> Pass<'a> {
         let pdb = objects::pod_disruption_budget(self.cluster);
         pdbs.patch(&pdb.name_any(), &params, &Patch::Apply(&pdb))
             .await?;
-        Ok(())
-    }
-
-    async fn observe(&self) -> Result<Observation, Error> {
-        let (pods, pvcs) = self.list_member_objects().await?;
-
-        let mut pod_ips = BTreeMap::new();
-        let mut views = vec![];
-        let mut start_failures = BTreeMap::new();
-        for pod in &pods {
-            let Some(member) = objects::member_of_pod(pod) else {
-                continue;
-            };
-            let terminating = pod.metadata.deletion_timestamp.is_some();
-            let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-            if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone())
-                && running
-                && !terminating
-            {
-                pod_ips.insert(member.clone(), ip);
-            }
-            let failure = objects::init_failure(pod);
-            if let Some(failure) = &failure {
-                start_failures.insert(member.clone(), failure.message.clone());
-            }
-            views.push(PodView {
-                member,
-                terminating,
-                version: objects::version_of_pod(pod).map(|v| v.to_string()),
-                data_lost: failure.is_some_and(|f| f.data_lost),
-            });
-        }
-        let mut restore_intents = BTreeMap::new();
-        let mut volumes = vec![];
-        if !self.cluster.spec.storage.empty_dir {
-            for pvc in &pvcs {
-                let intent = objects::restore_intent_of(pvc);
-                volumes.push(VolumeView {
-                    member: pvc.name_any(),
-                    terminating: pvc.metadata.deletion_timestamp.is_some(),
-                    restore: intent.is_some(),
-                    held_member: objects::held_member(pvc),
-                });
-                if let Some(intent) = intent {
-                    restore_intents.insert(pvc.name_any(), intent);
-                }
-            }
-        }
-
-        let endpoints: Vec<String> = pod_ips
-            .values()
-            .map(|ip| format!("http://{ip}:{}", objects::CLIENT_PORT))
-            .collect();
-        let listed = members::list_through_any(&endpoints).await;
-
-        let mut statuses = BTreeMap::new();
-        if let Some(listed) = &listed {
-            let checks = listed.iter().filter_map(|m| {
-                let name = member_name(m);
-                let ip = pod_ips.get(&name)?;
-                let endpoint = format!("http://{ip}:{}", objects::CLIENT_PORT);
-                Some(async move { (name, members::member_status(&endpoint).await) })
-            });
-            for (name, status) in futures::future::join_all(checks).await {
-                if let Ok(status) = status {
-                    statuses.insert(name, status);
-                }
-            }
-        }
-        let leader = statuses
-            .values()
-            .map(|s| s.leader)
-            .find(|l| *l != 0)
-            .unwrap_or(0);
-        let member_views = listed.as_ref().map(|listed| {
-            listed
-                .iter()
-                .map(|m| {
-                    let name = member_name(m);
-                    // An alarm is not ill health: a member with NOSPACE
-                    // serves reads and is how the space is won back. It is
-                    // reported on its own (Degraded, AlarmRaised).
-                    let healthy = statuses.get(&name).is_some_and(|s| {
-                        s.leader != 0 && s.errors.iter().all(|e| members::is_alarm(e))
-                    });
-                    MemberView {
-                        id: m.id,
-                        learner: m.is_learner,
-                        healthy,
-                        leader: m.id == leader,
-                        name,
-                    }
-                })
-                .collect()
-        });
-        Ok(Observation {
-            plan: Observed {
-                pods: views,
-                volumes,
-                members: member_views,
-            },
-            pod_ips,
-            listed,
-            statuses,
-            restore_intents,
-            start_failures,
-        })
-    }
-
-    /// The cluster's member pods and volumes: selected by the labels only
-    /// bosun sets (managed-by and the cluster's uid) and checked against
-    /// their controller owner, so nothing of other software is ever taken
-    /// for a member, deleted or wiped.
-    async fn list_member_objects(&self) -> Result<(Vec<Pod>, Vec<PersistentVolumeClaim>), Error> {
-        let selector = ListParams::default().labels(&objects::member_selector(self.cluster));
-        let mut pods = self.pods.list(&selector).await?.items;
-        let mut pvcs = self.pvcs.list(&selector).await?.items;
-        pods.retain(|p| objects::is_ours(&p.metadata, self.cluster));
-        pvcs.retain(|p| objects::is_ours(&p.metadata, self.cluster));
-        Ok((pods, pvcs))
-    }
-
-    /// Marks the volume of every member that is running healthy as one
-    /// that held a member: from then on a pod on it starts only on its
-    /// data. Done before any step, so no member is replaced or restarted
-    /// before its volume says what it must hold.
-    async fn record_held_volumes(&self, observation: &mut Observation) -> Result<(), Error> {
-        let healthy: Vec<String> = observation
-            .members()
-            .iter()
-            .filter(|m| m.healthy)
-            .map(|m| m.name.clone())
-            .collect();
-        for volume in observation.plan.volumes.iter_mut() {
-            if volume.held_member || volume.terminating || !healthy.contains(&volume.member) {
-                continue;
-            }
-            let patch = serde_json::json!({"metadata": {"annotations": {
-                objects::HELD_MEMBER_ANNOTATION: "true",
-            }}});
-            crate::crash_point!("cluster.mark-held.before");
-            match self
-                .pvcs
-                .patch(
-                    &volume.member,
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await
-            {
-                Ok(_) => {
-                    crate::crash_point!("cluster.mark-held.after");
-                    volume.held_member = true;
-                }
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
         Ok(())
     }
 
@@ -1148,72 +923,5 @@ impl<'a> Pass<'a> {
         api.patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
         Ok(())
-    }
-}
-
-/// Whether every member that reports a storage version (etcd 3.6 and
-/// later) has migrated its data to `running`'s minor version. Members of
-/// older versions report none and need no migration to be read by the next.
-fn storage_migrated_to(observation: &Observation, running: &EtcdVersion) -> bool {
-    observation.statuses.values().all(|status| {
-        status.storage_version.is_empty()
-            || status
-                .storage_version
-                .parse::<EtcdVersion>()
-                .is_ok_and(|v| v.minor_line() >= running.minor_line())
-    })
-}
-
-fn member_statuses(observation: &Observation) -> Vec<MemberStatus> {
-    let Some(listed) = &observation.listed else {
-        return vec![];
-    };
-    let mut out: Vec<MemberStatus> = listed
-        .iter()
-        .map(|m| {
-            let name = member_name(m);
-            let view = observation.members().iter().find(|v| v.id == m.id);
-            MemberStatus {
-                id: format!("{:x}", m.id),
-                peer_url: m.peer_urls.first().cloned(),
-                client_urls: m.client_urls.clone(),
-                ready: view.is_some_and(|v| v.healthy),
-                leader: view.is_some_and(|v| v.leader),
-                learner: m.is_learner,
-                version: observation.statuses.get(&name).map(|s| s.version.clone()),
-                name,
-            }
-        })
-        .collect();
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
-}
-
-fn phase_of(step: &Step, observation: &Observation) -> ClusterPhase {
-    match step {
-        Step::CreateSeed => ClusterPhase::Creating,
-        Step::QuorumLost { .. } => ClusterPhase::Degraded,
-        Step::Upgrade { .. } | Step::MoveLeader { .. } => ClusterPhase::Upgrading,
-        Step::Done => ClusterPhase::Running,
-        _ if observation.plan.members.is_none() => ClusterPhase::Creating,
-        Step::Wait { .. } if observation.healthy_voters() < observation.voters() => {
-            ClusterPhase::Degraded
-        }
-        _ => ClusterPhase::Scaling,
-    }
-}
-
-fn describe(step: &Step) -> (bool, &'static str, String) {
-    match step {
-        Step::Done => (
-            false,
-            "AsSpecified",
-            "the cluster has its size and version".into(),
-        ),
-        Step::Wait { reason } => (true, "Waiting", format!("waiting for {reason}")),
-        Step::QuorumLost { message } => (false, reasons::QUORUM_LOST, message.clone()),
-        Step::CreateSeed => (true, "Creating", "creating the seed member".into()),
-        Step::Upgrade { member } => (true, "Upgrading", format!("upgrading member {member}")),
-        other => (true, "Reconciling", format!("{other:?}")),
     }
 }
