@@ -754,28 +754,7 @@ fn restore_container(
             ..Volume::default()
         });
     }
-    let container = Container {
-        name: RESTORE_CONTAINER.to_string(),
-        image: Some(restore.image.clone()),
-        image_pull_policy: Some("IfNotPresent".to_string()),
-        args: Some(args),
-        volume_mounts: Some(mounts),
-        // It writes etcd's data directory, which etcd (root in the upstream
-        // image) owns.
-        security_context: Some(SecurityContext {
-            run_as_user: Some(0),
-            run_as_group: Some(0),
-            ..SecurityContext::default()
-        }),
-        // The operator reads why a restore failed from here.
-        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
-        resources: cluster
-            .spec
-            .pod_template
-            .as_ref()
-            .and_then(|t| t.resources.clone()),
-        ..Container::default()
-    };
+    let container = bosun_init_container(cluster, RESTORE_CONTAINER, &restore.image, args, mounts);
     (container, volumes)
 }
 
@@ -783,26 +762,45 @@ fn restore_container(
 /// check-member-data` exits [`DATA_LOST_EXIT_CODE`] when the volume holds
 /// no etcd member, and the pod never starts.
 fn data_guard_container(cluster: &EtcdCluster, image: &str) -> Container {
-    Container {
-        name: DATA_GUARD_CONTAINER.to_string(),
-        image: Some(image.to_string()),
-        image_pull_policy: Some("IfNotPresent".to_string()),
-        args: Some(vec![
+    bosun_init_container(
+        cluster,
+        DATA_GUARD_CONTAINER,
+        image,
+        vec![
             "check-member-data".to_string(),
             format!("--data-dir={DATA_DIR}"),
-        ]),
-        volume_mounts: Some(vec![VolumeMount {
+        ],
+        vec![VolumeMount {
             name: DATA_VOLUME.to_string(),
             mount_path: DATA_MOUNT_PATH.to_string(),
             read_only: Some(true),
             ..VolumeMount::default()
-        }]),
-        // etcd (root in the upstream image) keeps its data directory 0700.
+        }],
+    )
+}
+
+/// An init container of a member pod that runs `bosun` (restore or data
+/// guard) on the member's data directory.
+fn bosun_init_container(
+    cluster: &EtcdCluster,
+    name: &str,
+    image: &str,
+    args: Vec<String>,
+    mounts: Vec<VolumeMount>,
+) -> Container {
+    Container {
+        name: name.to_string(),
+        image: Some(image.to_string()),
+        image_pull_policy: Some("IfNotPresent".to_string()),
+        args: Some(args),
+        volume_mounts: Some(mounts),
+        // etcd (root in the upstream image) owns its data directory, 0700.
         security_context: Some(SecurityContext {
             run_as_user: Some(0),
             run_as_group: Some(0),
             ..SecurityContext::default()
         }),
+        // The operator reads why it failed from here.
         termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         resources: cluster
             .spec
