@@ -85,8 +85,13 @@ pub struct MemberStatus {
     pub revision: i64,
     /// Its etcd version.
     pub version: String,
-    /// Its database size in bytes.
+    /// Its database file's size in bytes.
     pub db_size: i64,
+    /// The bytes of that file in use; the rest is free pages that only a
+    /// defragmentation gives back.
+    pub db_size_in_use: i64,
+    /// Its backend quota in bytes (etcd 3.6 and later; 0 before).
+    pub db_size_quota: i64,
     /// Whether it is a learner.
     pub is_learner: bool,
     /// Alarms or errors it reports.
@@ -95,6 +100,15 @@ pub struct MemberStatus {
     /// etcd migrates it some time after every member runs a new minor
     /// version, and the next minor version refuses data not yet migrated.
     pub storage_version: String,
+}
+
+impl MemberStatus {
+    /// Whether the member serves: it follows a leader and reports no error
+    /// but alarms. An alarm is not ill health: a member with NOSPACE serves
+    /// reads and is how the space is won back.
+    pub fn serves(&self) -> bool {
+        self.leader != 0 && self.errors.iter().all(|e| is_alarm(e))
+    }
 }
 
 async fn with_deadline<T>(
@@ -203,6 +217,84 @@ pub async fn list_through_any(endpoints: &[String]) -> Option<Vec<Member>> {
     None
 }
 
+/// How long a defragmentation may take: it rewrites the member's whole
+/// database file, far longer than an ordinary call.
+pub const DEFRAGMENT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Whether etcd refused a compaction because its history is already
+/// compacted to that revision or later: nothing is left to drop.
+fn is_already_compacted(error: &etcd_client::Error) -> bool {
+    matches!(error, etcd_client::Error::GRpcStatus(status)
+        if status.code() == tonic::Code::OutOfRange && status.message().contains("compacted"))
+}
+
+impl EtcdMembers {
+    /// Drops the key-value history before `revision`; current keys and
+    /// values stay. Waits until the compaction reached the backend, so the
+    /// space it frees shows in the members' status. Returns whether
+    /// anything was compacted (false: already compacted that far).
+    pub async fn compact(&mut self, revision: i64) -> Result<bool, EtcdError> {
+        let options = etcd_client::CompactionOptions::new().with_physical();
+        match with_deadline("compact", self.client.compact(revision, Some(options))).await {
+            Ok(_) => Ok(true),
+            Err(EtcdError::Call { source, .. }) if is_already_compacted(&source) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The members that have a NOSPACE alarm raised, by ID.
+    pub async fn nospace_alarms(&mut self) -> Result<Vec<u64>, EtcdError> {
+        let response = with_deadline(
+            "alarm list",
+            self.client.alarm(
+                etcd_client::AlarmAction::Get,
+                etcd_client::AlarmType::None,
+                None,
+            ),
+        )
+        .await?;
+        Ok(response
+            .alarms()
+            .iter()
+            .filter(|a| a.alarm() == etcd_client::AlarmType::Nospace)
+            .map(|a| a.member_id())
+            .collect())
+    }
+
+    /// Disarms the NOSPACE alarm of member `id`.
+    pub async fn disarm_nospace(&mut self, id: u64) -> Result<(), EtcdError> {
+        let mut options = etcd_client::AlarmOptions::new();
+        options.with_member(id);
+        with_deadline(
+            "alarm disarm",
+            self.client.alarm(
+                etcd_client::AlarmAction::Deactivate,
+                etcd_client::AlarmType::Nospace,
+                Some(options),
+            ),
+        )
+        .await
+        .map(drop)
+    }
+}
+
+/// Defragments the member at `endpoint` (that member only): it serves
+/// nothing meanwhile.
+pub async fn defragment(endpoint: &str) -> Result<(), EtcdError> {
+    let mut single = EtcdMembers::connect(&[endpoint.to_string()]).await?;
+    match tokio::time::timeout(DEFRAGMENT_TIMEOUT, single.client.defragment()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(source)) => Err(EtcdError::Call {
+            call: "defragment",
+            source,
+        }),
+        Err(_) => Err(EtcdError::Timeout {
+            call: "defragment",
+            timeout: DEFRAGMENT_TIMEOUT,
+        }),
+    }
+}
+
 /// Whether an entry of a member's status errors is a raised alarm (etcd
 /// reports each as `memberID:<id> alarm:<NOSPACE|CORRUPT>`) rather than
 /// an error of the member itself.
@@ -221,6 +313,8 @@ pub async fn member_status(endpoint: &str) -> Result<MemberStatus, EtcdError> {
         revision: status.header().map(|h| h.revision()).unwrap_or_default(),
         version: status.version().to_string(),
         db_size: status.db_size(),
+        db_size_in_use: status.raft_used_db_size(),
+        db_size_quota: status.db_size_quota(),
         is_learner: status.is_learner(),
         errors: status.errors().to_vec(),
         storage_version: status.storage_version().to_string(),

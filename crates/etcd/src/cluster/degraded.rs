@@ -26,6 +26,8 @@ pub struct Report<'a> {
     pub start_failures: &'a BTreeMap<String, String>,
     /// Member name → the alarms it reports.
     pub alarms: &'a BTreeMap<String, Vec<String>>,
+    /// Why the operator cannot clear a NOSPACE alarm now, if it cannot.
+    pub space: Option<&'a str>,
     /// The membership, when some member answered.
     pub members: Option<&'a [MemberView]>,
     /// Whether any member pod or volume exists.
@@ -50,7 +52,11 @@ pub fn degraded(report: &Report<'_>) -> (bool, &'static str, String) {
         return (true, reasons::MEMBER_START_FAILED, message);
     }
     if !report.alarms.is_empty() {
-        return (true, ALARM_RAISED, alarm_message(report.alarms));
+        let mut message = alarm_message(report.alarms);
+        if let Some(why) = report.space {
+            message.push_str(&format!(". Not cleared yet: {why}"));
+        }
+        return (true, ALARM_RAISED, message);
     }
     let Some(members) = report.members else {
         // No answer is not health. Before the first member ever ran
@@ -93,10 +99,11 @@ pub fn alarm_message(alarms: &BTreeMap<String, Vec<String>>) -> String {
         format!(
             "etcd raised an alarm ({raised}): NOSPACE means the backend reached its quota \
              (quota-backend-bytes) and etcd refuses writes, while reads, deletes and \
-             compaction still work and members stay Ready. To write again: delete what is not \
-             needed or raise the quota, compact (etcdctl compact <revision>), defragment one \
-             member at a time (etcdctl defrag), then etcdctl alarm disarm. Quorum is intact: \
-             do not restore from a backup for this"
+             compaction still work and members stay Ready. The operator compacts the history, \
+             defragments one member at a time and disarms the alarm (etcdctl alarm disarm) \
+             once every member has room; if the live data itself fills the quota, delete what \
+             is not needed or raise the quota. Quorum is intact: do not restore from a backup \
+             for this"
         )
     } else {
         format!("etcd raised an alarm ({raised}); see etcd's documentation for the alarm")
@@ -127,6 +134,15 @@ mod tests {
             message.contains("alarm disarm") && message.contains("do not restore"),
             "{message}"
         );
+        let (_, _, message) = degraded(&Report {
+            alarms: &alarms,
+            space: Some("the live data fills it"),
+            ..report(&Step::Done, Some(&members), &none)
+        });
+        assert!(
+            message.ends_with("Not cleared yet: the live data fills it"),
+            "{message}"
+        );
     }
 
     fn member(name: &str, healthy: bool) -> MemberView {
@@ -149,6 +165,7 @@ mod tests {
             refusal: None,
             start_failures: failures,
             alarms: &NO_ALARMS,
+            space: None,
             members,
             has_member_objects: true,
         }

@@ -9,3 +9,4 @@ pub mod member_data;
 pub mod objects;
 pub mod plan;
 pub mod reconcile;
+pub mod space;

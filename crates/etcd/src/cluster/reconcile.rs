@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::telemetry::{ClusterLabels, EtcdMetrics, Telemetry};
 
 mod in_place_restore;
+mod nospace;
 mod observation;
 mod status_report;
 
@@ -41,6 +42,7 @@ use crate::members::{EtcdError, EtcdMembers};
 use crate::restore::source::{self, SourceError};
 use crate::status::set_condition;
 use in_place_restore::InPlace;
+use nospace::SpaceOutcome;
 
 /// The image of a restoring seed's init container: `bosun` with etcd's
 /// `etcdutl`. `BOSUN_IMAGE` names it (an installed operator sets it to its
@@ -56,6 +58,10 @@ pub const MANAGER: &str = "bosun-etcd-operator";
 /// watch events do not tell when a learner has caught up or when etcd's
 /// strict reconfiguration check is satisfied.
 const WAIT_REQUEUE: Duration = Duration::from_millis(500);
+
+/// How soon a cluster whose NOSPACE cannot be cleared yet is looked at
+/// again: whether keys were deleted is seen only by asking etcd.
+const NOSPACE_RECHECK: Duration = Duration::from_secs(10);
 
 /// What the reconciler needs: no globals.
 pub struct Context {
@@ -338,6 +344,25 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
         step => step,
     };
 
+    // Space is won back only from a cluster at rest: never while
+    // membership changes or a restore runs.
+    let space = if step == Step::Done {
+        pass.win_space_back(&observation).await?
+    } else {
+        SpaceOutcome::NoAlarm
+    };
+    let space_note = match &space {
+        SpaceOutcome::NoAlarm => None,
+        SpaceOutcome::Working | SpaceOutcome::Disarmed => {
+            requeue = Action::requeue(WAIT_REQUEUE);
+            None
+        }
+        SpaceOutcome::Blocked(why) => {
+            // Nothing tells the operator when keys are deleted: look again.
+            requeue = Action::requeue(NOSPACE_RECHECK);
+            Some(why.as_str())
+        }
+    };
     let alarms = observation.alarms();
     if !alarms.is_empty() {
         pass.event(
@@ -378,6 +403,7 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
             refusal: refusal.as_deref(),
             start_failures: &observation.start_failures,
             alarms: &alarms,
+            space: space_note,
             members: observation.plan.members.as_deref(),
             has_member_objects: !observation.plan.pods.is_empty()
                 || !observation.plan.volumes.is_empty(),

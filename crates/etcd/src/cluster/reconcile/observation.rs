@@ -162,12 +162,11 @@ impl Pass<'_> {
                 .iter()
                 .map(|m| {
                     let name = member_name(m);
-                    // An alarm is not ill health: a member with NOSPACE
-                    // serves reads and is how the space is won back. It is
-                    // reported on its own (Degraded, AlarmRaised).
-                    let healthy = statuses.get(&name).is_some_and(|s| {
-                        s.leader != 0 && s.errors.iter().all(|e| members::is_alarm(e))
-                    });
+                    // Alarms are reported on their own (Degraded,
+                    // AlarmRaised), not as ill health.
+                    let healthy = statuses
+                        .get(&name)
+                        .is_some_and(members::MemberStatus::serves);
                     MemberView {
                         id: m.id,
                         learner: m.is_learner,

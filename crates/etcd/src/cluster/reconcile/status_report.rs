@@ -107,6 +107,8 @@ mod tests {
                         revision: 0,
                         version: "3.6.16".into(),
                         db_size: 0,
+                        db_size_in_use: 0,
+                        db_size_quota: 0,
                         is_learner: *learner,
                         errors: vec![],
                         storage_version: String::new(),
