@@ -147,6 +147,17 @@ pub struct EtcdClusterSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
 
+    /// How long a member's new pod may take to become ready before the
+    /// operator gives the change up (default 300): an upgraded member that
+    /// never ran the new version goes back to the version that last ran on
+    /// its volume, and the upgrade stops; a new learner that never started
+    /// is removed, and the scale-up stops. Either waits for the next spec
+    /// change (status.halted says which and why). Neither takes anything
+    /// from quorum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub member_start_deadline_seconds: Option<i32>,
+
     /// Where members keep their data: a PersistentVolumeClaim each (default),
     /// or an emptyDir for throw-away clusters.
     #[serde(default)]
@@ -196,6 +207,7 @@ impl Default for EtcdClusterSpec {
             version: default_version(),
             image: None,
             paused: false,
+            member_start_deadline_seconds: None,
             storage: StorageSpec::default(),
             pod_template: None,
             etcd_options: BTreeMap::new(),
@@ -355,6 +367,58 @@ pub struct EtcdClusterStatus {
     /// when this names its uid with outcome Succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<RestoreAcknowledgement>,
+    /// An upgrade or scale-up the operator gave up because a member did not
+    /// start within spec.memberStartDeadlineSeconds. It holds for the spec
+    /// generation it names: any spec change tries again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halted: Option<HaltedChange>,
+}
+
+/// A change given up because a member could not start.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HaltedChange {
+    /// What was given up.
+    pub change: HaltedKind,
+    /// The spec generation it was given up for.
+    pub generation: i64,
+    /// The member that could not start.
+    pub member: String,
+    /// The version an upgraded member was returned to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_to: Option<String>,
+    /// The image it was returned to (the one that last ran on its volume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_image: Option<String>,
+    /// The number of voters a halted scale-up holds the cluster at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_size: Option<i32>,
+    /// Why, in the pod's own words where it has them.
+    pub message: String,
+}
+
+/// Which change was given up.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HaltedKind {
+    /// An upgrade: the member runs the version before it again.
+    #[default]
+    Upgrade,
+    /// A scale-up: the learner was removed.
+    ScaleUp,
+}
+
+/// The default of spec.memberStartDeadlineSeconds.
+pub const DEFAULT_MEMBER_START_DEADLINE_SECONDS: i32 = 300;
+
+impl EtcdClusterSpec {
+    /// How long a member's new pod may take to become ready.
+    pub fn member_start_deadline(&self) -> std::time::Duration {
+        let seconds = self
+            .member_start_deadline_seconds
+            .unwrap_or(DEFAULT_MEMBER_START_DEADLINE_SECONDS)
+            .max(1);
+        std::time::Duration::from_secs(u64::try_from(seconds).unwrap_or(1))
+    }
 }
 
 /// What the cluster controller says of an in-place restore it took on.

@@ -322,3 +322,111 @@ async fn a_learner_that_cannot_start_goes_when_the_scale_up_is_reverted() {
     let value = etcd.get("/grow/key", None).await.expect("get");
     assert_eq!(value.kvs().len(), 1);
 }
+
+/// Not stuck for good, with no one's help: a scale-up whose new member
+/// cannot start (its pod unschedulable) is given up after
+/// spec.memberStartDeadlineSeconds — the learner is removed with its pod
+/// and volume and not added again — and the next spec change tries again
+/// and grows the cluster. Judged by etcd's own member list and the pods
+/// and volumes the API server lists.
+#[tokio::test]
+async fn a_learner_that_cannot_start_is_removed_after_the_deadline() {
+    let cluster = TestCluster::connect().await;
+    let ns = cluster.namespace("etcd-learner-deadline").await;
+    let api: Api<EtcdCluster> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let object: EtcdCluster = serde_json::from_value(serde_json::json!({
+        "apiVersion": "etcd.bosun.dev/v1alpha1", "kind": "EtcdCluster",
+        "metadata": {"name": "grow", "namespace": ns.name},
+        "spec": {"size": 1, "storage": {"size": "256Mi"}, "memberStartDeadlineSeconds": 15}
+    }))
+    .expect("cluster object");
+    api.create(&PostParams::default(), &object)
+        .await
+        .expect("create cluster");
+    wait_for_members(&api, "grow", 1).await;
+    let etcd = etcd_client(&cluster, &ns.name, "grow").await;
+    let seed = member_pods(&cluster, &ns.name, "grow")
+        .await
+        .remove(0)
+        .name_any();
+
+    api.patch(
+        "grow",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"size": 2, "podTemplate": {"nodeSelector": {"bosun.dev/no-such-node": "true"}}}})),
+    )
+    .await
+    .expect("scale up");
+    let learners = || async {
+        etcd.clone()
+            .member_list()
+            .await
+            .map(|l| l.members().iter().filter(|m| m.is_learner()).count())
+            .unwrap_or(usize::MAX)
+    };
+    wait_until("a learner to be added", DEADLINE, POLL, || async {
+        Ok(learners().await == 1)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let objects = || async {
+        let pods: Vec<String> = member_pods(&cluster, &ns.name, "grow")
+            .await
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| p.name_any())
+            .collect();
+        let volumes = pvcs
+            .list(
+                &kube::api::ListParams::default()
+                    .labels(&bosun_etcd::cluster::objects::label_selector("grow")),
+            )
+            .await
+            .map(|l| l.items.len())
+            .unwrap_or(usize::MAX);
+        let members = etcd
+            .clone()
+            .member_list()
+            .await
+            .map(|l| l.members().len())
+            .unwrap_or(usize::MAX);
+        (members, pods, volumes)
+    };
+    let alone = (1, vec![seed.clone()], 1);
+    wait_until(
+        "the learner to be gone without a spec change",
+        DEADLINE,
+        POLL,
+        || async { Ok(objects().await == alone) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    common::assert_unchanged_for(
+        "the membership after the halt",
+        &alone,
+        2 * common::UNCHANGED_WINDOW,
+        objects,
+    )
+    .await;
+
+    // The cause fixed, the spec changed: the scale-up is tried again.
+    api.patch(
+        "grow",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"podTemplate": null}})),
+    )
+    .await
+    .expect("fix the pod template");
+    wait_until("two voters", DEADLINE, POLL, || async {
+        let list = etcd
+            .clone()
+            .member_list()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(list.members().len() == 2 && list.members().iter().all(|m| !m.is_learner()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}

@@ -267,3 +267,138 @@ async fn an_upgrade_to_an_image_that_cannot_start_is_undone_by_reverting_the_spe
     );
     assert_eq!(count_keys(&mut etcd, "/stuck/").await, 200);
 }
+
+/// Not stuck for good, with no one's help: the only member of a cluster is
+/// upgraded to an image that cannot start; after spec.memberStartDeadlineSeconds
+/// the operator gives the upgrade up and the member goes back to the image
+/// that last ran on its volume, as itself, with every key — judged by the
+/// pod the API server lists and etcd's own member list and status. It then
+/// stays there (no new attempt) until the spec changes.
+#[tokio::test]
+async fn an_upgrade_that_cannot_start_goes_back_by_itself_after_the_deadline() {
+    let cluster = TestCluster::connect().await;
+    let ns = cluster.namespace("etcd-upgrade-deadline").await;
+    let api: Api<EtcdCluster> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let object: EtcdCluster = serde_json::from_value(serde_json::json!({
+        "apiVersion": "etcd.bosun.dev/v1alpha1", "kind": "EtcdCluster",
+        "metadata": {"name": "lone", "namespace": ns.name},
+        "spec": {"size": 1, "version": "3.6.16", "storage": {"size": "256Mi"},
+                 "memberStartDeadlineSeconds": 15}
+    }))
+    .expect("cluster object");
+    api.create(&PostParams::default(), &object)
+        .await
+        .expect("create");
+    wait_for_members(&api, "lone", 1).await;
+    let mut etcd = etcd_client(&cluster, &ns.name, "lone").await;
+    for i in 0..100 {
+        etcd.put(format!("/lone/{i:04}"), "v", None)
+            .await
+            .expect("put");
+    }
+    let ids_before = member_ids(&mut etcd).await;
+    let image_before = etcd_image(&cluster, &ns.name).await;
+    // The operator records the version that ran on the volume once the
+    // member is healthy; the upgrade must not start before that.
+    wait_until(
+        "the volume to record its version",
+        DEADLINE,
+        POLL,
+        || async {
+            let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+                Api::namespaced(cluster.client.clone(), &ns.name);
+            let list = pvcs
+                .list(&kube::api::ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(list.items.iter().any(|p| {
+                p.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("etcd.bosun.dev/last-version"))
+                    .is_some_and(|v| v == "3.6.16")
+            }))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    api.patch(
+        "lone",
+        &PatchParams::default(),
+        &Patch::Merge(
+            serde_json::json!({"spec": {"version": "3.6.17", "image": "127.0.0.1:1/etcd"}}),
+        ),
+    )
+    .await
+    .expect("upgrade to an image nobody serves");
+    wait_until(
+        "the member's pod to be made for the unreachable image",
+        DEADLINE,
+        POLL,
+        || async {
+            Ok(etcd_image(&cluster, &ns.name)
+                .await
+                .starts_with("127.0.0.1:1/"))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    wait_until(
+        "the member to answer on its old image again",
+        DEADLINE,
+        POLL,
+        || async {
+            let health = member_health(&cluster, &ns.name, "lone").await;
+            let ready = member_pods(&cluster, &ns.name, "lone")
+                .await
+                .iter()
+                .any(common::is_ready);
+            Ok(etcd_image(&cluster, &ns.name).await == image_before
+                && ready
+                && health.len() == 1
+                && health[0].1.as_deref() == Some("3.6.16"))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut etcd = etcd_client(&cluster, &ns.name, "lone").await;
+    assert_eq!(
+        member_ids(&mut etcd).await,
+        ids_before,
+        "it came back as itself"
+    );
+    assert_eq!(count_keys(&mut etcd, "/lone/").await, 100);
+    // Given up for this spec: no new attempt.
+    let pod_uid = || async {
+        member_pods(&cluster, &ns.name, "lone")
+            .await
+            .iter()
+            .map(|p| p.metadata.uid.clone().unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    let uids = pod_uid().await;
+    common::assert_unchanged_for(
+        "the member pod after the halt",
+        &uids,
+        2 * common::UNCHANGED_WINDOW,
+        pod_uid,
+    )
+    .await;
+    let status = api.get_status("lone").await.expect("status").status;
+    let halted = status.and_then(|s| s.halted).expect("status.halted");
+    assert_eq!(halted.rolled_back_to.as_deref(), Some("3.6.16"));
+}
+
+/// The image of the one member pod's etcd container, as the API server has it.
+async fn etcd_image(cluster: &TestCluster, ns: &str) -> String {
+    member_pods(cluster, ns, "lone")
+        .await
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.spec.as_ref())
+        .flat_map(|s| s.containers.iter())
+        .find(|c| c.name == "etcd")
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}

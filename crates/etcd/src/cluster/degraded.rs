@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use bosun_api::cluster::{HaltedChange, HaltedKind};
 use bosun_api::conditions::reasons;
 
 use super::plan::{MemberView, Step};
@@ -13,6 +14,11 @@ use super::plan::{MemberView, Step};
 pub const NO_MEMBER_ANSWERS: &str = "NoMemberAnswers";
 /// Reason: etcd raised an alarm (NOSPACE: the backend reached its quota).
 pub const ALARM_RAISED: &str = "AlarmRaised";
+/// Event and condition reason of a given-up upgrade.
+pub const UPGRADE_HALTED: &str = "UpgradeHalted";
+/// Event and condition reason of a given-up scale-up.
+pub const SCALE_UP_HALTED: &str = "ScaleUpHalted";
+
 /// Reason: a listed member is not healthy.
 pub const MEMBER_UNHEALTHY: &str = "MemberUnhealthy";
 
@@ -22,6 +28,8 @@ pub struct Report<'a> {
     pub step: &'a Step,
     /// Why a version change was refused, if it was.
     pub refusal: Option<&'a str>,
+    /// The upgrade or scale-up given up for this generation, if any.
+    pub halted: Option<&'a HaltedChange>,
     /// Member name → why its pod's init container failed.
     pub start_failures: &'a BTreeMap<String, String>,
     /// Member name → the alarms it reports.
@@ -41,6 +49,13 @@ pub fn degraded(report: &Report<'_>) -> (bool, &'static str, String) {
     }
     if let Some(refusal) = report.refusal {
         return (true, reasons::VERSION_CHANGE_REFUSED, refusal.to_string());
+    }
+    if let Some(halted) = report.halted {
+        let reason = match halted.change {
+            HaltedKind::Upgrade => UPGRADE_HALTED,
+            HaltedKind::ScaleUp => SCALE_UP_HALTED,
+        };
+        return (true, reason, halted_message(halted));
     }
     if !report.start_failures.is_empty() {
         let message = report
@@ -110,6 +125,37 @@ pub fn alarm_message(alarms: &BTreeMap<String, Vec<String>>) -> String {
     }
 }
 
+/// What the Degraded condition and the Event say of a halt.
+pub fn halted_message(halted: &HaltedChange) -> String {
+    match halted.change {
+        HaltedKind::Upgrade => format!(
+            "the upgrade is halted: member {} did not start on the new version within the \
+             member start deadline ({}); it goes back to {}{}, the version that last ran on its \
+             volume, and the other members were never moved. Fix the cause and change the spec \
+             (for example spec.version or spec.image) to try again",
+            halted.member,
+            halted.message,
+            halted
+                .rolled_back_to
+                .as_deref()
+                .unwrap_or("its old version"),
+            halted
+                .rolled_back_image
+                .as_deref()
+                .map(|i| format!(" ({i})"))
+                .unwrap_or_default(),
+        ),
+        HaltedKind::ScaleUp => format!(
+            "the scale-up is halted at {} voters: new member {} did not start within the member \
+             start deadline ({}); it is removed (a learner does not vote). Fix the cause and \
+             change the spec to try again",
+            halted.held_size.unwrap_or_default(),
+            halted.member,
+            halted.message,
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +209,7 @@ mod tests {
         Report {
             step,
             refusal: None,
+            halted: None,
             start_failures: failures,
             alarms: &NO_ALARMS,
             space: None,
@@ -220,5 +267,39 @@ mod tests {
             ..report(&Step::Done, Some(&members), &failures)
         };
         assert_eq!(degraded(&refused).1, reasons::VERSION_CHANGE_REFUSED);
+    }
+
+    #[test]
+    fn a_halt_says_what_happened_why_and_how_to_try_again() {
+        let upgrade = HaltedChange {
+            change: HaltedKind::Upgrade,
+            generation: 2,
+            member: "a-x".into(),
+            rolled_back_to: Some("3.6.16".into()),
+            rolled_back_image: Some("etcd:v3.6.16".into()),
+            held_size: None,
+            message: "ImagePullBackOff: no such host".into(),
+        };
+        let message = halted_message(&upgrade);
+        for part in [
+            "a-x",
+            "ImagePullBackOff",
+            "3.6.16 (etcd:v3.6.16)",
+            "change the spec",
+        ] {
+            assert!(message.contains(part), "{part} in {message}");
+        }
+        let scale = HaltedChange {
+            change: HaltedKind::ScaleUp,
+            held_size: Some(1),
+            rolled_back_to: None,
+            rolled_back_image: None,
+            message: "Unschedulable: 0/1 nodes".into(),
+            ..upgrade
+        };
+        let message = halted_message(&scale);
+        for part in ["at 1 voters", "a-x", "Unschedulable", "change the spec"] {
+            assert!(message.contains(part), "{part} in {message}");
+        }
     }
 }

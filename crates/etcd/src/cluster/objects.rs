@@ -576,6 +576,9 @@ pub struct MemberPodParams {
     pub start: PodStart,
     /// The etcd version to run (not `spec.version` while an upgrade rolls).
     pub version: EtcdVersion,
+    /// The image to run; `None`: [`member_image`] of the version. Set only
+    /// to return a member to the image that last ran on its volume.
+    pub image: Option<String>,
 }
 
 /// How a member pod starts on its volume, and the init container that
@@ -658,6 +661,77 @@ pub fn init_failure(pod: &Pod) -> Option<InitFailure> {
                     && terminated.exit_code == DATA_LOST_EXIT_CODE,
                 message: format!("{}: {}", status.name, message.trim()),
             })
+        })
+}
+
+/// The PVC annotation naming the etcd version a member last ran healthy on
+/// the volume, and the one naming its image: where an upgraded member that
+/// cannot start goes back to.
+pub const LAST_VERSION_ANNOTATION: &str = "etcd.bosun.dev/last-version";
+/// See [`LAST_VERSION_ANNOTATION`].
+pub const LAST_IMAGE_ANNOTATION: &str = "etcd.bosun.dev/last-image";
+
+/// The image of a member pod's etcd container.
+pub fn etcd_image_of(pod: &Pod) -> Option<String> {
+    pod.spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == ETCD_CONTAINER)?
+        .image
+        .clone()
+}
+
+/// Whether a pod is Ready.
+pub fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Whether a pod has not become Ready within `deadline` of its creation.
+pub fn pod_overdue(
+    pod: &Pod,
+    deadline: std::time::Duration,
+    now: k8s_openapi::jiff::Timestamp,
+) -> bool {
+    let Some(created) = pod.metadata.creation_timestamp.as_ref() else {
+        return false;
+    };
+    let age = std::time::Duration::try_from(now.duration_since(created.0)).unwrap_or_default();
+    !pod_ready(pod) && age > deadline
+}
+
+/// Why a pod is not running, in its own words: its etcd container's waiting
+/// reason and message (ErrImagePull, CrashLoopBackOff, ...) or why it is not
+/// scheduled.
+pub fn pod_trouble(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    let waiting = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .filter(|c| c.name == ETCD_CONTAINER)
+        .find_map(|c| c.state.as_ref()?.waiting.as_ref());
+    if let Some(waiting) = waiting {
+        let reason = waiting.reason.clone().unwrap_or_default();
+        return Some(match waiting.message.as_deref() {
+            Some(message) if !message.trim().is_empty() => format!("{reason}: {}", message.trim()),
+            _ => reason,
+        });
+    }
+    status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        .map(|c| {
+            format!(
+                "{}: {}",
+                c.reason.clone().unwrap_or_default(),
+                c.message.clone().unwrap_or_default()
+            )
         })
 }
 
@@ -824,7 +898,10 @@ pub fn member_pod(cluster: &EtcdCluster, params: &MemberPodParams) -> Pod {
     let cluster_name = cluster.name_any();
     let member = params.member.as_str();
     let template = cluster.spec.pod_template.clone().unwrap_or_default();
-    let image = member_image(cluster, &params.version);
+    let image = params
+        .image
+        .clone()
+        .unwrap_or_else(|| member_image(cluster, &params.version));
 
     let mut labels = template.labels;
     labels.extend(member_labels(cluster, member));

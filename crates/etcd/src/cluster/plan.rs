@@ -18,6 +18,11 @@ pub struct PodView {
     /// Its data guard refused to start it: the volume holds no data
     /// although a member ran on it (it was lost or re-provisioned empty).
     pub data_lost: bool,
+    /// It is Ready (its readiness probe passes).
+    pub ready: bool,
+    /// It is not ready and was created longer ago than the cluster's
+    /// member start deadline.
+    pub overdue: bool,
 }
 
 /// A member's data volume (PVC) as observed.
@@ -33,6 +38,8 @@ pub struct VolumeView {
     /// A member has run on it: it must hold that member's data, and a pod
     /// on it refuses to start without it.
     pub held_member: bool,
+    /// The etcd version a member last ran healthy on it.
+    pub last_version: Option<String>,
 }
 
 impl VolumeView {
@@ -125,6 +132,22 @@ pub enum Step {
     /// Delete a member's pod so that it comes back with the target version on its volume.
     Upgrade {
         /// The member.
+        member: String,
+    },
+    /// A member upgraded first did not start on the new version within the
+    /// deadline: give the upgrade up (record it), which returns the member
+    /// to `back_to`, the version that last ran on its volume and that every
+    /// other member still runs.
+    HaltUpgrade {
+        /// The member.
+        member: String,
+        /// The version it goes back to.
+        back_to: String,
+    },
+    /// A new learner did not start within the deadline: give the scale-up
+    /// up (record it), after which the learner is removed.
+    HaltScaleUp {
+        /// The learner.
         member: String,
     },
     /// Nothing to do until something changes.
@@ -234,7 +257,7 @@ pub fn next_step(desired: &Desired, observed: &Observed) -> Step {
         .collect();
 
     let Some(members) = &observed.members else {
-        return without_membership(observed, &live_pods, &volumes);
+        return without_membership(desired, observed, &live_pods, &volumes);
     };
     let names: BTreeSet<&str> = members.iter().map(|m| m.name.as_str()).collect();
 
@@ -304,6 +327,34 @@ pub fn next_step(desired: &Desired, observed: &Observed) -> Step {
             member: lost.name.clone(),
             reason: RemoveReason::DataLost,
         };
+    }
+
+    // A change whose new member cannot start is given up after the
+    // deadline, instead of holding every other step for good. Neither
+    // takes anything from quorum: a learner does not vote, and the member
+    // going back to its old version is not running anyway.
+    let overdue_pod = |m: &MemberView| {
+        observed
+            .pods
+            .iter()
+            .find(|p| p.member == m.name && !p.terminating)
+            .filter(|p| p.overdue)
+    };
+    if voters.len() < desired.size
+        && let Some(learner) = members
+            .iter()
+            .find(|m| m.learner && !m.healthy && overdue_pod(m).is_some())
+    {
+        return Step::HaltScaleUp {
+            member: learner.name.clone(),
+        };
+    }
+    if let Some((member, back_to)) = members
+        .iter()
+        .filter(|m| !m.learner && !m.healthy)
+        .find_map(|m| first_upgraded_and_stuck(desired, observed, &m.name, overdue_pod(m)?))
+    {
+        return Step::HaltUpgrade { member, back_to };
     }
 
     // A learner that cannot start (its pod unschedulable, its image
@@ -404,7 +455,38 @@ pub fn next_step(desired: &Desired, observed: &Observed) -> Step {
     Step::Done
 }
 
+/// `(member, version to go back to)` when `member`'s overdue pod was made
+/// for the wanted version, a member last ran healthy on its volume with
+/// another version, and every other member pod still has that version: the
+/// member was the first to move, so going back returns the cluster exactly
+/// to where it was. A member stuck later in an upgrade is not moved back
+/// automatically (others already run the new version); it is reported.
+fn first_upgraded_and_stuck(
+    desired: &Desired,
+    observed: &Observed,
+    member: &str,
+    pod: &PodView,
+) -> Option<(String, String)> {
+    if pod.version.as_deref() != Some(desired.version.as_str()) {
+        return None;
+    }
+    let back_to = observed
+        .volumes
+        .iter()
+        .find(|v| v.member == member && !v.terminating)?
+        .last_version
+        .clone()
+        .filter(|v| *v != desired.version)?;
+    let others_unmoved = observed
+        .pods
+        .iter()
+        .filter(|p| p.member != member && !p.terminating)
+        .all(|p| p.version.as_deref() == Some(back_to.as_str()));
+    others_unmoved.then(|| (member.to_string(), back_to))
+}
+
 fn without_membership(
+    desired: &Desired,
     observed: &Observed,
     live_pods: &BTreeSet<&str>,
     volumes: &BTreeSet<&str>,
@@ -430,6 +512,29 @@ fn without_membership(
             ),
         };
     }
+    // No member answers because the one moved to a new version cannot
+    // start (a cluster of one, upgraded to an image that does not run):
+    // the same deadline and the same way back as with a membership. And a
+    // pod that is not ready and was made for another version than the one
+    // wanted (that upgrade given up, or the spec reverted) is replaced: it
+    // serves nothing, and its member keeps its volume. A Ready pod is never
+    // touched here, where nothing is known of the membership.
+    let live = || observed.pods.iter().filter(|p| !p.terminating);
+    if let Some((member, back_to)) = live()
+        .filter(|p| p.overdue)
+        .find_map(|p| first_upgraded_and_stuck(desired, observed, &p.member, p))
+    {
+        return Step::HaltUpgrade { member, back_to };
+    }
+    let any_pod_terminating = observed.pods.iter().any(|p| p.terminating);
+    if let Some(stuck) =
+        live().find(|p| !p.ready && p.version.as_deref().is_some_and(|v| v != desired.version))
+        && !any_pod_terminating
+    {
+        return Step::Upgrade {
+            member: stuck.member.clone(),
+        };
+    }
     Step::Wait {
         reason: "a member to answer (pods are starting)".into(),
     }
@@ -452,6 +557,8 @@ mod tests {
             terminating: false,
             version: Some("3.6.16".into()),
             data_lost: false,
+            ready: true,
+            overdue: false,
         }
     }
 
@@ -782,6 +889,117 @@ mod tests {
     }
 
     #[test]
+    fn a_learner_that_misses_its_deadline_halts_the_scale_up() {
+        let mut observed = healthy(&["a", "b"]);
+        if let Some(members) = observed.members.as_mut() {
+            members[1].learner = true;
+            members[1].healthy = false;
+        }
+        observed.pods[1].overdue = true;
+        assert_eq!(
+            next_step(&desired(2), &observed),
+            Step::HaltScaleUp { member: "b".into() }
+        );
+        // Once halted (the size held at the voters there are), it goes.
+        assert!(matches!(
+            next_step(&desired(1), &observed),
+            Step::RemoveMember {
+                reason: RemoveReason::NotNeeded,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_first_upgraded_member_that_misses_its_deadline_goes_back() {
+        // 3.5.20 ran everywhere; "c" was moved to 3.6.16 first and cannot start.
+        let mut observed = healthy(&["a", "b", "c"]);
+        for pod in &mut observed.pods[..2] {
+            pod.version = Some("3.5.20".into());
+        }
+        observed.volumes = ["a", "b", "c"]
+            .iter()
+            .map(|m| VolumeView {
+                last_version: Some("3.5.20".into()),
+                ..held(m)
+            })
+            .collect();
+        if let Some(members) = observed.members.as_mut() {
+            members[2].healthy = false;
+        }
+        // Before the deadline: waited for.
+        assert!(matches!(
+            next_step(&desired(3), &observed),
+            Step::Wait { .. }
+        ));
+        observed.pods[2].overdue = true;
+        assert_eq!(
+            next_step(&desired(3), &observed),
+            Step::HaltUpgrade {
+                member: "c".into(),
+                back_to: "3.5.20".into()
+            }
+        );
+        // Once halted (the target is 3.5.20 again), its pod is replaced.
+        let back = Desired {
+            size: 3,
+            version: "3.5.20".into(),
+        };
+        assert_eq!(
+            next_step(&back, &observed),
+            Step::Upgrade { member: "c".into() }
+        );
+        // A member stuck after another already moved is not sent back on
+        // its own: that would leave the cluster on two versions the user
+        // never chose.
+        observed.pods[1].version = Some("3.6.16".into());
+        assert!(matches!(
+            next_step(&desired(3), &observed),
+            Step::Wait { .. }
+        ));
+    }
+
+    #[test]
+    fn a_lone_member_upgraded_to_an_image_that_cannot_start_goes_back() {
+        // Nothing answers: the only member's new pod does not start.
+        let mut observed = Observed {
+            pods: vec![PodView {
+                version: Some("3.6.17".into()),
+                ready: false,
+                overdue: true,
+                ..pod("a")
+            }],
+            volumes: vec![VolumeView {
+                last_version: Some("3.6.16".into()),
+                ..held("a")
+            }],
+            members: None,
+        };
+        let upgrade = Desired {
+            size: 1,
+            version: "3.6.17".into(),
+        };
+        assert_eq!(
+            next_step(&upgrade, &observed),
+            Step::HaltUpgrade {
+                member: "a".into(),
+                back_to: "3.6.16".into()
+            }
+        );
+        assert_eq!(
+            next_step(&desired(1), &observed),
+            Step::Upgrade { member: "a".into() }
+        );
+        // A Ready pod is never replaced while nothing answers.
+        observed.pods[0].ready = true;
+        observed.pods[0].overdue = false;
+        assert!(matches!(
+            next_step(&desired(1), &observed),
+            Step::Wait { .. }
+        ));
+    }
+
+    #[test]
     fn a_member_stuck_on_another_version_is_replaced_when_the_spec_is_reverted() {
         // 3.6.16 was wanted; one member's pod was made for 3.7.3, whose image
         // cannot start; the spec is reverted to 3.6.16.
@@ -937,15 +1155,15 @@ mod tests {
         #[derive(Clone, Debug)]
         struct Slot {
             member: Option<(bool, bool, bool)>, // (learner, healthy, leader)
-            pod: Option<(bool, bool, bool)>,    // (terminating, data_lost, outdated)
-            volume: Option<(bool, bool, bool)>, // (terminating, restore, held)
+            pod: Option<(bool, bool, bool, bool)>, // (terminating, data_lost, outdated, overdue)
+            volume: Option<(bool, bool, bool, Option<bool>)>, // (terminating, restore, held, last version outdated)
         }
 
         fn slot() -> impl Strategy<Value = Slot> {
             (
                 proptest::option::of(any::<(bool, bool, bool)>()),
-                proptest::option::of(any::<(bool, bool, bool)>()),
-                proptest::option::of(any::<(bool, bool, bool)>()),
+                proptest::option::of(any::<(bool, bool, bool, bool)>()),
+                proptest::option::of(any::<(bool, bool, bool, Option<bool>)>()),
             )
                 .prop_map(|(member, pod, volume)| Slot {
                     member,
@@ -977,20 +1195,23 @@ mod tests {
                                 leader,
                             });
                         }
-                        if let Some((terminating, data_lost, outdated)) = slot.pod {
+                        if let Some((terminating, data_lost, outdated, overdue)) = slot.pod {
                             observed.pods.push(PodView {
                                 member: name.into(),
                                 terminating,
-                                version: Some(if outdated { "3.5.20" } else { "3.6.16" }.into()),
+                                version: Some(version(outdated)),
                                 data_lost,
+                                ready: !overdue && !data_lost,
+                                overdue,
                             });
                         }
-                        if let Some((terminating, restore, held_member)) = slot.volume {
+                        if let Some((terminating, restore, held_member, last)) = slot.volume {
                             observed.volumes.push(VolumeView {
                                 member: name.into(),
                                 terminating,
                                 restore,
                                 held_member,
+                                last_version: last.map(version),
                             });
                         }
                     }
@@ -1006,6 +1227,10 @@ mod tests {
                 size,
                 version: "3.6.16".into(),
             }
+        }
+
+        fn version(outdated: bool) -> String {
+            if outdated { "3.5.20" } else { "3.6.16" }.into()
         }
 
         proptest! {
@@ -1088,12 +1313,48 @@ mod tests {
                     // Only an unhealthy member's pod is replaced meanwhile:
                     // never a healthy one, which would take from quorum.
                     if let Step::Upgrade { member } = &step {
-                        let members = observed.members.clone().unwrap_or_default();
-                        prop_assert!(
-                            members.iter().any(|m| &m.name == member && !m.healthy),
-                            "{member}'s healthy pod replaced while another member is unhealthy"
-                        );
+                        match &observed.members {
+                            Some(members) => prop_assert!(
+                                members.iter().any(|m| &m.name == member && !m.healthy),
+                                "{member}'s healthy pod replaced while another member is unhealthy"
+                            ),
+                            // Nothing known of the membership: only a pod
+                            // that is not Ready is ever replaced.
+                            None => prop_assert!(
+                                observed.pods.iter().any(|p| &p.member == member && !p.ready && !p.terminating),
+                                "{member}'s Ready pod replaced while no member answers"
+                            ),
+                        }
                     }
+                }
+            }
+
+            #[test]
+            fn a_change_is_given_up_only_for_a_member_that_cannot_start(
+                (observed, size) in observed()
+            ) {
+                let members = observed.members.clone().unwrap_or_default();
+                let overdue = |name: &str| {
+                    observed.pods.iter().any(|p| p.member == name && !p.terminating && p.overdue)
+                };
+                match next_step(&desired(size), &observed) {
+                    Step::HaltScaleUp { member } => {
+                        prop_assert!(members.iter().any(|m| m.name == member && m.learner && !m.healthy));
+                        prop_assert!(overdue(&member));
+                    }
+                    Step::HaltUpgrade { member, back_to } => {
+                        if observed.members.is_some() {
+                            prop_assert!(members.iter().any(|m| m.name == member && !m.learner && !m.healthy));
+                        }
+                        prop_assert!(overdue(&member));
+                        prop_assert_ne!(&back_to, "3.6.16");
+                        // Going back moves no other member: they all still
+                        // run the version the stuck one returns to.
+                        for pod in observed.pods.iter().filter(|p| p.member != member && !p.terminating) {
+                            prop_assert_eq!(pod.version.as_deref(), Some(back_to.as_str()));
+                        }
+                    }
+                    _ => {}
                 }
             }
 

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::{ClusterLabels, EtcdMetrics, Telemetry};
 
+mod halt;
 mod in_place_restore;
 mod nospace;
 mod observation;
@@ -272,7 +273,16 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
     }
 
     pass.record_held_volumes(&mut observation).await?;
-    let (target, refusal, held) = pass.target_version(&observation)?;
+    pass.forget_stale_halt().await?;
+    let (mut target, mut refusal, mut held) = pass.target_version(&observation)?;
+    let halt = pass.halt().cloned();
+    // A halted upgrade moves nothing on: its target is where it went back to.
+    if let Some(back_to) = halt
+        .as_ref()
+        .and_then(|h| h.rolled_back_to.as_deref()?.parse::<EtcdVersion>().ok())
+    {
+        (target, refusal, held) = (back_to, None, false);
+    }
     let mut regrowing = None;
     if let Some((restore_name, restore_uid)) = objects::restore_in_progress(&cluster) {
         match pass
@@ -287,8 +297,13 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
         pass.event(EventType::Warning, reasons::VERSION_CHANGE_REFUSED, message)
             .await;
     }
+    let mut size = usize::try_from(cluster.spec.size).unwrap_or(1);
+    // A halted scale-up holds the cluster at the voters it had.
+    if let Some(held_size) = halt.as_ref().and_then(|h| h.held_size) {
+        size = size.min(usize::try_from(held_size).unwrap_or(size));
+    }
     let desired = Desired {
-        size: usize::try_from(cluster.spec.size).unwrap_or(1),
+        size,
         version: target.to_string(),
     };
     let step = plan::next_step(&desired, &observation.plan);
@@ -401,6 +416,7 @@ pub async fn reconcile(cluster: Arc<EtcdCluster>, ctx: Arc<Context>) -> Result<A
         let (status, reason, message) = degraded::degraded(&degraded::Report {
             step: &step,
             refusal: refusal.as_deref(),
+            halted: halt.as_ref(),
             start_failures: &observation.start_failures,
             alarms: &alarms,
             space: space_note,
@@ -713,6 +729,7 @@ impl<'a> Pass<'a> {
                     member: member.clone(),
                     start,
                     version: version.clone(),
+                    image: self.image_override(),
                 };
                 self.create_pod(&params).await?;
                 crate::crash_point!("cluster.create-seed.after-pod");
@@ -753,6 +770,7 @@ impl<'a> Pass<'a> {
                     initial_cluster: self.initial_cluster(observation, Some(member)),
                     start,
                     version: version.clone(),
+                    image: self.image_override(),
                 };
                 crate::crash_point!("cluster.create-pod.before");
                 self.create_pod(&params).await?;
@@ -799,6 +817,7 @@ impl<'a> Pass<'a> {
                     initial_cluster: self.initial_cluster(observation, Some(&member)),
                     start: PodStart::Join,
                     version: version.clone(),
+                    image: self.image_override(),
                 };
                 self.create_pod(&params).await?;
                 crate::crash_point!("cluster.add-learner.after-pod");
@@ -914,6 +933,10 @@ impl<'a> Pass<'a> {
                 self.event(EventType::Warning, reasons::QUORUM_LOST, message)
                     .await;
                 Ok(Action::requeue(Duration::from_secs(5)))
+            }
+            Step::HaltUpgrade { .. } | Step::HaltScaleUp { .. } => {
+                self.record_halt(step, observation).await?;
+                Ok(soon)
             }
             Step::Done => Ok(Action::requeue(Duration::from_secs(30))),
         }

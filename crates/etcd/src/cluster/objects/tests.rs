@@ -37,6 +37,7 @@ fn params(cluster: &EtcdCluster, member: &str, others: &[&str]) -> MemberPodPara
         initial_cluster,
         start: PodStart::Bootstrap,
         version: version("3.6.16"),
+        image: None,
     }
 }
 
@@ -471,6 +472,7 @@ fn initial_cluster_renders_name_equals_url_pairs_in_the_given_order() {
             ],
             start: PodStart::Join,
             version: version("3.6.16"),
+            image: None,
         },
     );
     let args = args(&pod);

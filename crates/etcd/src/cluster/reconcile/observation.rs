@@ -29,6 +29,12 @@ pub(super) struct Observation {
     /// Member name → why its pod's init container (restore or data guard)
     /// failed, in the container's own words.
     pub(super) start_failures: BTreeMap<String, String>,
+    /// Member name → why its pod is not running, in the pod's own words.
+    pub(super) pod_troubles: BTreeMap<String, String>,
+    /// Member name → the image a member last ran healthy on its volume.
+    pub(super) last_images: BTreeMap<String, String>,
+    /// Member name → the image and version its running pod was made with.
+    pub(super) pod_images: BTreeMap<String, (String, String)>,
 }
 
 impl Observation {
@@ -92,6 +98,10 @@ impl Pass<'_> {
         let mut pod_ips = BTreeMap::new();
         let mut views = vec![];
         let mut start_failures = BTreeMap::new();
+        let mut pod_troubles = BTreeMap::new();
+        let mut pod_images = BTreeMap::new();
+        let deadline = self.cluster.spec.member_start_deadline();
+        let now = k8s_openapi::jiff::Timestamp::now();
         for pod in &pods {
             let Some(member) = objects::member_of_pod(pod) else {
                 continue;
@@ -108,23 +118,40 @@ impl Pass<'_> {
             if let Some(failure) = &failure {
                 start_failures.insert(member.clone(), failure.message.clone());
             }
+            if let Some(trouble) = objects::pod_trouble(pod) {
+                pod_troubles.insert(member.clone(), trouble);
+            }
+            let version = objects::version_of_pod(pod).map(|v| v.to_string());
+            if let (Some(image), Some(version)) = (objects::etcd_image_of(pod), &version)
+                && !terminating
+            {
+                pod_images.insert(member.clone(), (image, version.clone()));
+            }
             views.push(PodView {
                 member,
                 terminating,
-                version: objects::version_of_pod(pod).map(|v| v.to_string()),
+                version,
                 data_lost: failure.is_some_and(|f| f.data_lost),
+                ready: objects::pod_ready(pod),
+                overdue: !terminating && objects::pod_overdue(pod, deadline, now),
             });
         }
         let mut restore_intents = BTreeMap::new();
+        let mut last_images = BTreeMap::new();
         let mut volumes = vec![];
         if !self.cluster.spec.storage.empty_dir {
             for pvc in &pvcs {
                 let intent = objects::restore_intent_of(pvc);
+                let annotation = |key: &str| pvc.annotations().get(key).cloned();
+                if let Some(image) = annotation(objects::LAST_IMAGE_ANNOTATION) {
+                    last_images.insert(pvc.name_any(), image);
+                }
                 volumes.push(VolumeView {
                     member: pvc.name_any(),
                     terminating: pvc.metadata.deletion_timestamp.is_some(),
                     restore: intent.is_some(),
                     held_member: objects::held_member(pvc),
+                    last_version: annotation(objects::LAST_VERSION_ANNOTATION),
                 });
                 if let Some(intent) = intent {
                     restore_intents.insert(pvc.name_any(), intent);
@@ -188,6 +215,9 @@ impl Pass<'_> {
             statuses,
             restore_intents,
             start_failures,
+            pod_troubles,
+            last_images,
+            pod_images,
         })
     }
 
@@ -207,9 +237,10 @@ impl Pass<'_> {
     }
 
     /// Marks the volume of every member that is running healthy as one
-    /// that held a member: from then on a pod on it starts only on its
-    /// data. Done before any step, so no member is replaced or restarted
-    /// before its volume says what it must hold.
+    /// that held a member, with the version and image it runs: from then on
+    /// a pod on it starts only on its data, and an upgrade of it that cannot
+    /// start knows where to go back to. Done before any step, so no member
+    /// is replaced or restarted before its volume says what it must hold.
     pub(super) async fn record_held_volumes(
         &self,
         observation: &mut Observation,
@@ -221,12 +252,24 @@ impl Pass<'_> {
             .map(|m| m.name.clone())
             .collect();
         for volume in observation.plan.volumes.iter_mut() {
-            if volume.held_member || volume.terminating || !healthy.contains(&volume.member) {
+            if volume.terminating || !healthy.contains(&volume.member) {
                 continue;
             }
-            let patch = serde_json::json!({"metadata": {"annotations": {
-                objects::HELD_MEMBER_ANNOTATION: "true",
-            }}});
+            let running = observation.pod_images.get(&volume.member);
+            let running_version = running.map(|(_, version)| version);
+            if volume.held_member && volume.last_version.as_ref() == running_version {
+                continue;
+            }
+            let mut annotations = serde_json::Map::new();
+            annotations.insert(objects::HELD_MEMBER_ANNOTATION.into(), "true".into());
+            if let Some((image, version)) = running {
+                annotations.insert(
+                    objects::LAST_VERSION_ANNOTATION.into(),
+                    version.clone().into(),
+                );
+                annotations.insert(objects::LAST_IMAGE_ANNOTATION.into(), image.clone().into());
+            }
+            let patch = serde_json::json!({"metadata": {"annotations": annotations}});
             crate::crash_point!("cluster.mark-held.before");
             match self
                 .pvcs
@@ -240,6 +283,12 @@ impl Pass<'_> {
                 Ok(_) => {
                     crate::crash_point!("cluster.mark-held.after");
                     volume.held_member = true;
+                    if let Some((image, version)) = running {
+                        volume.last_version = Some(version.clone());
+                        observation
+                            .last_images
+                            .insert(volume.member.clone(), image.clone());
+                    }
                 }
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(e.into()),

@@ -39,7 +39,9 @@ pub(super) fn phase_of(step: &Step, observation: &Observation) -> ClusterPhase {
     match step {
         Step::CreateSeed => ClusterPhase::Creating,
         Step::QuorumLost { .. } => ClusterPhase::Degraded,
-        Step::Upgrade { .. } | Step::MoveLeader { .. } => ClusterPhase::Upgrading,
+        Step::Upgrade { .. } | Step::MoveLeader { .. } | Step::HaltUpgrade { .. } => {
+            ClusterPhase::Upgrading
+        }
         Step::Done => ClusterPhase::Running,
         _ if observation.plan.members.is_none() => ClusterPhase::Creating,
         Step::Wait { .. } if observation.healthy_voters() < observation.voters() => {
@@ -61,6 +63,18 @@ pub(super) fn describe(step: &Step) -> (bool, &'static str, String) {
         Step::QuorumLost { message } => (false, reasons::QUORUM_LOST, message.clone()),
         Step::CreateSeed => (true, "Creating", "creating the seed member".into()),
         Step::Upgrade { member } => (true, "Upgrading", format!("upgrading member {member}")),
+        Step::HaltUpgrade { member, back_to } => (
+            true,
+            "HaltingUpgrade",
+            format!(
+                "member {member} did not start in time: giving the upgrade up, back to {back_to}"
+            ),
+        ),
+        Step::HaltScaleUp { member } => (
+            true,
+            "HaltingScaleUp",
+            format!("member {member} did not start in time: giving the scale-up up"),
+        ),
         other => (true, "Reconciling", format!("{other:?}")),
     }
 }
@@ -126,6 +140,9 @@ mod tests {
             statuses,
             restore_intents: BTreeMap::new(),
             start_failures: BTreeMap::new(),
+            pod_troubles: BTreeMap::new(),
+            last_images: BTreeMap::new(),
+            pod_images: BTreeMap::new(),
         }
     }
 
