@@ -8,15 +8,16 @@
 //! - [`metrics`] is the process's Prometheus registry, with reconcile and
 //!   leader-election series;
 //! - [`health`] holds the liveness and readiness checks;
-//! - [`http`] serves `/healthz`, `/readyz` and `/metrics`.
-//!
-//! The admission webhook server arrives with the operator-runtime issue.
+//! - [`http`] serves `/healthz`, `/readyz` and `/metrics`;
+//! - [`webhook`] is the admission webhook server, its certificates and its
+//!   webhook configurations.
 
 pub mod health;
 pub mod http;
 pub mod leader_election;
 pub mod manager;
 pub mod metrics;
+pub mod webhook;
 
 /// The metrics library whose types [`metrics::Metrics::register`] takes, so
 /// that operator code uses the same version as the runtime.
