@@ -10,12 +10,14 @@
 //! - [`server`]: the HTTPS server and handler registration;
 //! - [`tls`]: the serving certificate, swapped without a restart;
 //! - [`certificate`]: reading and making certificates;
+//! - [`rotation`]: when certificates change (a pure decision);
 //! - [`metrics`]: the `controller_runtime_webhook_*` series.
 
 pub mod certificate;
 pub mod metrics;
 pub mod path;
 pub mod review;
+pub mod rotation;
 pub mod server;
 pub mod tls;
 
