@@ -11,9 +11,11 @@
 //! - [`tls`]: the serving certificate, swapped without a restart;
 //! - [`certificate`]: reading and making certificates;
 //! - [`rotation`]: when certificates change (a pure decision);
+//! - [`configuration`]: webhook configurations with safe defaults;
 //! - [`metrics`]: the `controller_runtime_webhook_*` series.
 
 pub mod certificate;
+pub mod configuration;
 pub mod metrics;
 pub mod path;
 pub mod review;
