@@ -3,6 +3,8 @@
 //! from PEM; and the making of a CA and of a serving certificate signed by
 //! it, with rcgen on ring.
 
+use std::net::IpAddr;
+
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -38,8 +40,9 @@ pub struct CertInfo {
     pub not_before: Timestamp,
     /// Valid until.
     pub not_after: Timestamp,
-    /// The DNS names among its subject alternative names.
-    pub dns_names: Vec<String>,
+    /// Its subject alternative names: DNS names, and IP addresses written
+    /// as text.
+    pub alt_names: Vec<String>,
     /// Whether it may sign certificates.
     pub is_ca: bool,
 }
@@ -65,13 +68,14 @@ pub fn parse_certificate(der: &[u8]) -> Result<CertInfo, CertificateError> {
     let timestamp = |seconds: i64| {
         Timestamp::from_second(seconds).map_err(|e| CertificateError::Parse(e.to_string()))
     };
-    let dns_names = match cert.subject_alternative_name() {
+    let alt_names = match cert.subject_alternative_name() {
         Ok(Some(san)) => san
             .value
             .general_names
             .iter()
             .filter_map(|name| match name {
                 GeneralName::DNSName(dns) => Some((*dns).to_string()),
+                GeneralName::IPAddress(bytes) => ip_text(bytes),
                 _ => None,
             })
             .collect(),
@@ -83,9 +87,22 @@ pub fn parse_certificate(der: &[u8]) -> Result<CertInfo, CertificateError> {
         issuer: cert.issuer().as_raw().to_vec(),
         not_before: timestamp(cert.validity().not_before.timestamp())?,
         not_after: timestamp(cert.validity().not_after.timestamp())?,
-        dns_names,
+        alt_names,
         is_ca: cert.is_ca(),
     })
+}
+
+/// An IP address SAN (4 or 16 bytes) as text.
+fn ip_text(bytes: &[u8]) -> Option<String> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes)
+            .ok()
+            .map(|b| IpAddr::from(b).to_string()),
+        16 => <[u8; 16]>::try_from(bytes)
+            .ok()
+            .map(|b| IpAddr::from(b).to_string()),
+        _ => None,
+    }
 }
 
 /// Every certificate in a PEM text, in order, as DER.
@@ -163,10 +180,11 @@ pub fn generate_ca(
     })
 }
 
-/// A serving certificate for `dns_names`, signed by `ca`.
+/// A serving certificate for `names` (DNS names, or IP addresses for a
+/// webhook reached by address), signed by `ca`.
 pub fn issue_serving(
     ca: &PemPair,
-    dns_names: &[String],
+    names: &[String],
     not_before: Timestamp,
     not_after: Timestamp,
 ) -> Result<PemPair, CertificateError> {
@@ -174,11 +192,14 @@ pub fn issue_serving(
     let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key)?;
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
-    params.subject_alt_names = dns_names
+    params.subject_alt_names = names
         .iter()
-        .map(|name| name.clone().try_into().map(SanType::DnsName))
+        .map(|name| match name.parse::<IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => name.clone().try_into().map(SanType::DnsName),
+        })
         .collect::<Result<_, _>>()?;
-    if let Some(first) = dns_names.first() {
+    if let Some(first) = names.first() {
         params
             .distinguished_name
             .push(DnType::CommonName, first.clone());
@@ -236,7 +257,7 @@ mod tests {
         assert!(!leaf_info[0].is_ca);
         assert_eq!(leaf_info[0].issuer, ca_info[0].subject);
         assert_eq!(
-            leaf_info[0].dns_names,
+            leaf_info[0].alt_names,
             ["hooks.ops.svc", "hooks.ops.svc.cluster.local", "hooks.ops"]
         );
         assert_eq!(leaf_info[0].not_before, at("2026-02-01T00:00:00Z"));
@@ -246,6 +267,17 @@ mod tests {
             !format!("{leaf:?}").contains("PRIVATE"),
             "keys stay out of logs"
         );
+    }
+
+    #[test]
+    fn ip_addresses_are_served_as_ip_sans_and_read_back_as_text() {
+        let from = at("2026-01-01T00:00:00Z");
+        let to = at("2027-01-01T00:00:00Z");
+        let ca = generate_ca("ca-ip", from, to).expect("CA");
+        let names = vec!["127.0.0.1".to_string(), "::1".into(), "localhost".into()];
+        let leaf = issue_serving(&ca, &names, from, to).expect("leaf");
+        let info = parse_pem_bundle(leaf.cert.as_bytes()).expect("leaf parses");
+        assert_eq!(info[0].alt_names, names);
     }
 
     #[test]
@@ -277,7 +309,7 @@ mod tests {
             issuer: vec![],
             not_before: at("2026-01-01T00:00:00Z"),
             not_after: at("2026-01-04T00:00:00Z"),
-            dns_names: vec![],
+            alt_names: vec![],
             is_ca: false,
         };
         assert_eq!(info.fraction_of_life(2.0 / 3.0), at("2026-01-03T00:00:00Z"));

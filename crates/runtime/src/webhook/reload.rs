@@ -29,12 +29,12 @@ const BUNDLE_POLL: Duration = Duration::from_secs(5);
 /// certificate leaves the one being served in place.
 pub async fn watch_secret(
     client: Client,
-    namespace: &str,
-    name: &str,
+    namespace: String,
+    name: String,
     serving: ServingCertificate,
     stop: CancellationToken,
 ) {
-    let api: Api<Secret> = Api::namespaced(client, namespace);
+    let api: Api<Secret> = Api::namespaced(client, &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut events = watcher::watcher(api, config).boxed();
     let mut loaded: Option<(String, String)> = None;

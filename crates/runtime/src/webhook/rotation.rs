@@ -185,7 +185,7 @@ pub fn next_step(
         }
         Some(leaf) => {
             let renew_at = leaf.fraction_of_life(policy.leaf_renew_at);
-            let wrong_names = !same_names(&leaf.dns_names, dns_names);
+            let wrong_names = !same_names(&leaf.alt_names, dns_names);
             let wrong_issuer = leaf.issuer != signing.subject;
             if now >= renew_at || wrong_names || wrong_issuer {
                 // A valid leaf is served: replace it only with one whose CA
@@ -263,7 +263,7 @@ mod tests {
             issuer: name.as_bytes().to_vec(),
             not_before,
             not_after,
-            dns_names: vec![],
+            alt_names: vec![],
             is_ca: true,
         }
     }
@@ -275,7 +275,7 @@ mod tests {
             issuer: by.subject.clone(),
             not_before,
             not_after,
-            dns_names: names(),
+            alt_names: names(),
             is_ca: false,
         }
     }
@@ -335,7 +335,7 @@ mod tests {
         let now = at("2026-01-01T00:00:00Z");
         let one = ca("one", now - days(1));
         let mut served = leaf(&one, now);
-        served.dns_names = vec!["old.ops.svc".into()];
+        served.alt_names = vec!["old.ops.svc".into()];
         let stored = StoredCertificates {
             signing_ca: Some(one.clone()),
             trusted: vec![one.clone()],
@@ -549,7 +549,7 @@ mod tests {
                             issuer: by.subject.clone(),
                             not_before,
                             not_after,
-                            dns_names: names(),
+                            alt_names: names(),
                             is_ca: false,
                         };
                         self.stored.leaf = Some(new.clone());

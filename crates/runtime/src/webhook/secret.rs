@@ -258,7 +258,7 @@ mod tests {
         let with_leaf = run(&with_ca, &Step::IssueLeaf, now);
         let leaf = with_leaf.stored().leaf.expect("a leaf");
         assert_eq!(leaf.issuer, first.subject);
-        assert_eq!(leaf.dns_names, names());
+        assert_eq!(leaf.alt_names, names());
 
         let rotated = run(
             &with_leaf,

@@ -1,0 +1,358 @@
+//! The admission server and its self-managed certificates against the dev
+//! cluster's real API server: the API server calls an in-process server on
+//! loopback, ConfigMaps in one namespace of the test's own are validated
+//! and defaulted, and a CA rotation forced by a shortened schedule happens
+//! while a client applies objects continuously — not one call fails (a
+//! failed call would be ignored by the fail-open policy and let a forbidden
+//! object through, which the client counts), the `caBundle` holds old and
+//! new CA together during the overlap, and the replica stays ready.
+//!
+//! The configurations reach only the test's namespace and ConfigMaps, and
+//! are deleted when the test ends, also when it fails.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bosun_devcluster::fixture::TestCluster;
+use bosun_runtime::metrics::Metrics;
+use bosun_runtime::webhook::configuration::CREATE_UPDATE;
+use bosun_runtime::webhook::published::read_published;
+use bosun_runtime::webhook::{
+    AdmissionServer, ConfigurationNames, Endpoint, RotationPolicy, SelfManagedCertificates,
+    ServingCertificate, WebhookConfigurations, WebhookReadiness, mutated, watch_secret,
+};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, ObjectMeta};
+use k8s_openapi::jiff::SignedDuration;
+use kube::api::PostParams;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse};
+use kube::{Api, Client};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+const FORBIDDEN_MESSAGE: &str = "data key \"forbidden\" is not allowed";
+
+fn validate(request: &AdmissionRequest<ConfigMap>) -> AdmissionResponse {
+    let forbidden = request
+        .object
+        .as_ref()
+        .and_then(|o| o.data.as_ref())
+        .is_some_and(|d| d.contains_key("forbidden"));
+    if forbidden {
+        AdmissionResponse::from(request).deny(FORBIDDEN_MESSAGE)
+    } else {
+        AdmissionResponse::from(request)
+    }
+}
+
+fn default_label(request: &AdmissionRequest<ConfigMap>) -> AdmissionResponse {
+    let Some(before) = request.object.clone() else {
+        return AdmissionResponse::from(request);
+    };
+    let mut after = before.clone();
+    after
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("defaulted".into(), "true".into());
+    mutated(request, &before, &after)
+}
+
+/// Deletes the test's webhook configurations when dropped, so that a
+/// failed test leaves nothing that intercepts calls.
+struct ConfigurationsGuard<'a> {
+    cluster: &'a TestCluster,
+    name: String,
+}
+
+impl Drop for ConfigurationsGuard<'_> {
+    fn drop(&mut self) {
+        for kind in [
+            "validatingwebhookconfiguration",
+            "mutatingwebhookconfiguration",
+        ] {
+            let out = self
+                .cluster
+                .kubectl(&["delete", kind, &self.name, "--ignore-not-found"]);
+            if !out.status.success() {
+                eprintln!(
+                    "deleting {kind} {}: {}",
+                    self.name,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+}
+
+fn config_map(name: &str, data: &[(&str, &str)]) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..ObjectMeta::default()
+        },
+        data: Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+        ),
+        ..ConfigMap::default()
+    }
+}
+
+fn dry_run() -> PostParams {
+    PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    }
+}
+
+/// One probe of both webhooks: `Err` says what went wrong.
+async fn probe(config_maps: &Api<ConfigMap>, n: u64) -> Result<(), String> {
+    let forbidden = config_map(&format!("forbidden-{n}"), &[("forbidden", "1")]);
+    match config_maps.create(&dry_run(), &forbidden).await {
+        Err(kube::Error::Api(status)) if status.message.contains(FORBIDDEN_MESSAGE) => {}
+        Err(error) => return Err(format!("the forbidden ConfigMap: {error}")),
+        Ok(_) => {
+            return Err(
+                "a forbidden ConfigMap was admitted: the validating call failed and was ignored"
+                    .into(),
+            );
+        }
+    }
+    let allowed = config_map(&format!("allowed-{n}"), &[("a", "1")]);
+    match config_maps.create(&dry_run(), &allowed).await {
+        Ok(created) => {
+            let labels = created.metadata.labels.unwrap_or_default();
+            if labels.get("defaulted").map(String::as_str) != Some("true") {
+                return Err(
+                    "an allowed ConfigMap was not defaulted: the mutating call failed and was ignored"
+                        .into(),
+                );
+            }
+        }
+        Err(error) => return Err(format!("the allowed ConfigMap: {error}")),
+    }
+    Ok(())
+}
+
+async fn wait_for<F, Fut>(what: &str, within: Duration, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        let last = done().await;
+        if last.is_ok() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {within:?}; last: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn ca_subjects(client: &Client, names: &ConfigurationNames) -> Vec<Vec<Vec<u8>>> {
+    read_published(client, names)
+        .await
+        .expect("reading the caBundles")
+        .into_iter()
+        .map(|bundle| bundle.cas)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_answer_the_api_server_through_a_ca_rotation_without_a_failed_call() {
+    let cluster = TestCluster::connect().await;
+    let operator_ns = cluster.namespace("webhook_operator").await;
+    let tenant_ns = cluster.namespace("webhook_tenant").await;
+    let client = cluster.client.clone();
+
+    // The server, serving nothing until the Secret has a certificate.
+    let stop = CancellationToken::new();
+    let serving = ServingCertificate::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let server = AdmissionServer::new()
+        .validate::<ConfigMap>(validate)
+        .mutate::<ConfigMap>(default_label)
+        .with_metrics(&Metrics::new());
+    let server_task = tokio::spawn({
+        let serving = serving.clone();
+        let stop = stop.clone();
+        async move { server.serve(listener, serving, stop).await }
+    });
+
+    // Configurations that reach only the tenant namespace's ConfigMaps.
+    let name = format!("bosun-e2e-{}", tenant_ns.name);
+    let _guard = ConfigurationsGuard {
+        cluster: &cluster,
+        name: name.clone(),
+    };
+    let configurations = WebhookConfigurations::new(
+        &name,
+        "e2e.bosun.dev",
+        &operator_ns.name,
+        Endpoint::Url(format!("https://{addr}")),
+    )
+    .with_namespace_requirement(LabelSelectorRequirement {
+        key: "kubernetes.io/metadata.name".into(),
+        operator: "In".into(),
+        values: Some(vec![tenant_ns.name.clone()]),
+    })
+    .validate::<ConfigMap>(&CREATE_UPDATE)
+    .mutate::<ConfigMap>(&["CREATE"]);
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &configurations.validating())
+        .await
+        .expect("creating the validating configuration");
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &configurations.mutating())
+        .await
+        .expect("creating the mutating configuration");
+    let names = ConfigurationNames {
+        validating: vec![name.clone()],
+        mutating: vec![name.clone()],
+    };
+
+    // A schedule short enough to see a CA rotation in a minute: the CA is
+    // replaced ~35 s after it is made; changes get 8 s to propagate.
+    let policy = RotationPolicy {
+        ca_lifetime: SignedDuration::from_hours(1),
+        ca_renew_at: 0.011,
+        leaf_lifetime: SignedDuration::from_hours(1),
+        leaf_renew_at: 2.0 / 3.0,
+        backdate: SignedDuration::from_secs(5),
+        propagation: SignedDuration::from_secs(8),
+    };
+    let secret = "webhook-certificates";
+    let writer = SelfManagedCertificates::new(
+        client.clone(),
+        &operator_ns.name,
+        secret,
+        "unused",
+        names.clone(),
+    )
+    .with_dns_names(vec!["127.0.0.1".into()])
+    .with_policy(policy);
+    let readiness = WebhookReadiness::new(serving.clone());
+    let tasks = [
+        tokio::spawn(writer.run(stop.clone())),
+        tokio::spawn(watch_secret(
+            client.clone(),
+            operator_ns.name.clone(),
+            secret.to_string(),
+            serving.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn({
+            let readiness = readiness.clone();
+            let client = client.clone();
+            let names = names.clone();
+            let stop = stop.clone();
+            async move { readiness.watch_bundles(client, names, stop).await }
+        }),
+    ];
+
+    wait_for("the replica is ready", Duration::from_secs(60), || async {
+        readiness.check()
+    })
+    .await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &tenant_ns.name);
+    wait_for(
+        "the API server calls the webhooks",
+        Duration::from_secs(30),
+        || probe(&config_maps, 0),
+    )
+    .await;
+
+    // A stored object carries the mutation.
+    let stored = config_maps
+        .create(&PostParams::default(), &config_map("stored", &[("a", "1")]))
+        .await
+        .expect("an allowed ConfigMap is stored");
+    assert_eq!(
+        stored
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .get("defaulted")
+            .map(String::as_str),
+        Some("true")
+    );
+
+    // Through the rotation: every call answered, the replica ready.
+    let initial = ca_subjects(&client, &names).await;
+    assert!(
+        initial.iter().all(|cas| cas.len() == 1),
+        "one CA before the rotation: {initial:?}"
+    );
+    let first_ca = initial[0][0].clone();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut calls, mut failures, mut not_ready) = (0u64, Vec::new(), Vec::new());
+    let mut saw_overlap = false;
+    let mut rotated = false;
+    while !rotated {
+        assert!(
+            Instant::now() < deadline,
+            "no completed CA rotation within 120 s (overlap seen: {saw_overlap}); failures: {failures:?}"
+        );
+        calls += 1;
+        if let Err(failure) = probe(&config_maps, calls).await {
+            failures.push(failure);
+        }
+        if let Err(why) = readiness.check() {
+            not_ready.push(why);
+        }
+        let bundles = ca_subjects(&client, &names).await;
+        if bundles
+            .iter()
+            .all(|cas| cas.len() == 2 && cas.contains(&first_ca))
+        {
+            saw_overlap = true;
+        }
+        rotated = saw_overlap
+            && bundles
+                .iter()
+                .all(|cas| cas.len() == 1 && !cas.contains(&first_ca))
+            && serving
+                .issuer()
+                .is_some_and(|issuer| bundles[0].contains(&issuer));
+    }
+    // A few more calls on the new CA alone.
+    for n in 0..20 {
+        calls += 1;
+        if let Err(failure) = probe(&config_maps, 100_000 + n).await {
+            failures.push(failure);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} calls failed: {failures:?}",
+        failures.len()
+    );
+    assert!(
+        not_ready.is_empty(),
+        "the replica went unready: {not_ready:?}"
+    );
+
+    stop.cancel();
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("background tasks stop")
+            .expect("no panic");
+    }
+    tokio::time::timeout(Duration::from_secs(10), server_task)
+        .await
+        .expect("the server stops")
+        .expect("no panic")
+        .expect("the server ran");
+}
