@@ -324,4 +324,97 @@ mod tests {
         assert_eq!(json["response"]["allowed"], true);
         assert!(json["response"].get("patch").is_none(), "{json}");
     }
+
+    /// Hostile and malformed bodies: whatever arrives, the answer is a
+    /// well-formed v1 AdmissionReview with a response, and nothing panics.
+    mod hostile {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn well_formed(answer: &Answer) -> Result<(), String> {
+            let json: Value =
+                serde_json::from_slice(&answer.body()).map_err(|e| format!("not JSON: {e}"))?;
+            if json["apiVersion"] != "admission.k8s.io/v1" || json["kind"] != "AdmissionReview" {
+                return Err(format!("not a v1 AdmissionReview: {json}"));
+            }
+            if !json["response"]["allowed"].is_boolean() || !json["response"]["uid"].is_string() {
+                return Err(format!("no response: {json}"));
+            }
+            if ![200, 400].contains(&answer.status) {
+                return Err(format!("status {}", answer.status));
+            }
+            Ok(())
+        }
+
+        /// JSON of any shape, a few levels deep.
+        fn any_json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                ".{0,12}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(4, 32, 6, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    proptest::collection::btree_map("[a-zA-Z]{1,10}", inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn any_bytes_get_a_well_formed_answer(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let answer = answer(&body, &deny_forbidden);
+                prop_assert!(well_formed(&answer).is_ok(), "{:?}", well_formed(&answer));
+            }
+
+            #[test]
+            fn any_request_shape_gets_a_well_formed_answer(
+                request in any_json(),
+                object in any_json(),
+                uid in ".{0,40}",
+            ) {
+                // A review envelope around arbitrary request fields and objects.
+                let mut request = match request {
+                    Value::Object(map) => Value::Object(map),
+                    other => json!({"extra": other}),
+                };
+                request["uid"] = Value::String(uid);
+                request["object"] = object;
+                let body = serde_json::to_vec(&json!({
+                    "apiVersion": "admission.k8s.io/v1",
+                    "kind": "AdmissionReview",
+                    "request": request,
+                }))
+                .unwrap_or_default();
+                let answer = answer(&body, &deny_forbidden);
+                prop_assert!(well_formed(&answer).is_ok(), "{:?}", well_formed(&answer));
+            }
+
+            #[test]
+            fn a_real_request_with_any_object_is_never_allowed_blindly(object in any_json()) {
+                let answer = answer(&review(object.clone()), &deny_forbidden);
+                prop_assert!(well_formed(&answer).is_ok(), "{:?}", well_formed(&answer));
+                let json = response_json(&answer);
+                prop_assert_eq!(&json["response"]["uid"], "3f1c");
+                // Only no object (as in a DELETE) or a ConfigMap reaches the
+                // handler, which alone allows.
+                if json["response"]["allowed"] == true {
+                    prop_assert!(
+                        object.is_null() || serde_json::from_value::<ConfigMap>(object).is_ok()
+                    );
+                }
+            }
+        }
+
+        #[test]
+        fn deep_nesting_is_refused_not_overflowed() {
+            let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+            let answer = answer(deep.as_bytes(), &deny_forbidden);
+            assert_eq!(answer.status, 400);
+            assert!(well_formed(&answer).is_ok());
+        }
+    }
 }
