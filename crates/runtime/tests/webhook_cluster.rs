@@ -18,8 +18,8 @@ use bosun_runtime::metrics::Metrics;
 use bosun_runtime::webhook::configuration::CREATE_UPDATE;
 use bosun_runtime::webhook::published::read_published;
 use bosun_runtime::webhook::{
-    AdmissionServer, ConfigurationNames, Endpoint, RotationPolicy, SelfManagedCertificates,
-    ServingCertificate, WebhookConfigurations, WebhookReadiness, mutated, watch_secret,
+    AdmissionServer, ConfigurationNames, Endpoint, RotationPolicy, WebhookCertificates,
+    WebhookConfigurations, mutated,
 };
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
@@ -175,20 +175,14 @@ async fn webhooks_answer_the_api_server_through_a_ca_rotation_without_a_failed_c
     let tenant_ns = cluster.namespace("webhook_tenant").await;
     let client = cluster.client.clone();
 
-    // The server, serving nothing until the Secret has a certificate.
+    // The server; it serves nothing until the Secret has a certificate.
     let stop = CancellationToken::new();
-    let serving = ServingCertificate::new();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     let server = AdmissionServer::new()
         .validate::<ConfigMap>(validate)
         .mutate::<ConfigMap>(default_label)
         .with_metrics(&Metrics::new());
-    let server_task = tokio::spawn({
-        let serving = serving.clone();
-        let stop = stop.clone();
-        async move { server.serve(listener, serving, stop).await }
-    });
 
     // Configurations that reach only the tenant namespace's ConfigMaps.
     let name = format!("bosun-e2e-{}", tenant_ns.name);
@@ -232,33 +226,28 @@ async fn webhooks_answer_the_api_server_through_a_ca_rotation_without_a_failed_c
         backdate: SignedDuration::from_secs(5),
         propagation: SignedDuration::from_secs(8),
     };
-    let secret = "webhook-certificates";
-    let writer = SelfManagedCertificates::new(
+    let certificates = WebhookCertificates::self_managed(
         client.clone(),
         &operator_ns.name,
-        secret,
+        "webhook-certificates",
         "unused",
         names.clone(),
     )
-    .with_dns_names(vec!["127.0.0.1".into()])
+    .with_names(vec!["127.0.0.1".into()])
     .with_policy(policy);
-    let readiness = WebhookReadiness::new(serving.clone());
+    let writer = certificates
+        .leader_writer()
+        .expect("self-managed certificates have a writer");
+    let readiness = certificates.readiness().clone();
+    let serving = certificates.serving();
+    let server_task = tokio::spawn({
+        let serving = serving.clone();
+        let stop = stop.clone();
+        async move { server.serve(listener, serving, stop).await }
+    });
     let tasks = [
         tokio::spawn(writer.run(stop.clone())),
-        tokio::spawn(watch_secret(
-            client.clone(),
-            operator_ns.name.clone(),
-            secret.to_string(),
-            serving.clone(),
-            stop.clone(),
-        )),
-        tokio::spawn({
-            let readiness = readiness.clone();
-            let client = client.clone();
-            let names = names.clone();
-            let stop = stop.clone();
-            async move { readiness.watch_bundles(client, names, stop).await }
-        }),
+        tokio::spawn(certificates.clone().run_replica(stop.clone())),
     ];
 
     wait_for("the replica is ready", Duration::from_secs(60), || async {

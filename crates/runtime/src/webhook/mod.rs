@@ -18,10 +18,13 @@
 //! - [`self_managed`]: the Lease holder writes the Secret and the
 //!   `caBundle`s;
 //! - [`configuration`]: webhook configurations with safe defaults;
+//! - [`lifecycle`]: the certificates of a process, self-managed or
+//!   provided, and what each replica and the Lease holder run;
 //! - [`metrics`]: the `controller_runtime_webhook_*` series.
 
 pub mod certificate;
 pub mod configuration;
+pub mod lifecycle;
 pub mod metrics;
 pub mod path;
 pub mod published;
@@ -34,6 +37,7 @@ pub mod server;
 pub mod tls;
 
 pub use configuration::{Endpoint, WebhookConfigurations};
+pub use lifecycle::WebhookCertificates;
 pub use path::{HandlerKind, handler_path, path_for};
 pub use published::ConfigurationNames;
 pub use reload::{WebhookReadiness, watch_secret};
