@@ -11,23 +11,28 @@
 //! are deleted when the test ends, also when it fails.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bosun_devcluster::fixture::TestCluster;
 use bosun_runtime::metrics::Metrics;
-use bosun_runtime::webhook::configuration::CREATE_UPDATE;
+use bosun_runtime::webhook::certificate::{PemPair, generate_ca, issue_serving};
+use bosun_runtime::webhook::configuration::{
+    CREATE_UPDATE, with_ca_bundle_mutating, with_ca_bundle_validating,
+};
 use bosun_runtime::webhook::published::read_published;
 use bosun_runtime::webhook::{
     AdmissionServer, ConfigurationNames, Endpoint, RotationPolicy, WebhookCertificates,
     WebhookConfigurations, mutated,
 };
+use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, ObjectMeta};
-use k8s_openapi::jiff::SignedDuration;
-use kube::api::PostParams;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse};
 use kube::{Api, Client};
 use tokio::net::TcpListener;
@@ -168,6 +173,44 @@ async fn ca_subjects(client: &Client, names: &ConfigurationNames) -> Vec<Vec<Vec
         .collect()
 }
 
+/// Validating and mutating configurations named `name` that reach only the
+/// ConfigMaps of `tenant`, calling the server at `addr`.
+async fn install_configurations(
+    client: &Client,
+    name: &str,
+    operator: &str,
+    tenant: &str,
+    addr: SocketAddr,
+    ca_bundle: Option<&[u8]>,
+) {
+    let configurations = WebhookConfigurations::new(
+        name,
+        "e2e.bosun.dev",
+        operator,
+        Endpoint::Url(format!("https://{addr}")),
+    )
+    .with_namespace_requirement(LabelSelectorRequirement {
+        key: "kubernetes.io/metadata.name".into(),
+        operator: "In".into(),
+        values: Some(vec![tenant.to_string()]),
+    })
+    .validate::<ConfigMap>(&CREATE_UPDATE)
+    .mutate::<ConfigMap>(&["CREATE"]);
+    let (mut validating, mut mutating) = (configurations.validating(), configurations.mutating());
+    if let Some(pem) = ca_bundle {
+        validating = with_ca_bundle_validating(validating, pem);
+        mutating = with_ca_bundle_mutating(mutating, pem);
+    }
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &validating)
+        .await
+        .expect("creating the validating configuration");
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &mutating)
+        .await
+        .expect("creating the mutating configuration");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_answer_the_api_server_through_a_ca_rotation_without_a_failed_call() {
     let cluster = TestCluster::connect().await;
@@ -190,27 +233,15 @@ async fn webhooks_answer_the_api_server_through_a_ca_rotation_without_a_failed_c
         cluster: &cluster,
         name: name.clone(),
     };
-    let configurations = WebhookConfigurations::new(
+    install_configurations(
+        &client,
         &name,
-        "e2e.bosun.dev",
         &operator_ns.name,
-        Endpoint::Url(format!("https://{addr}")),
+        &tenant_ns.name,
+        addr,
+        None,
     )
-    .with_namespace_requirement(LabelSelectorRequirement {
-        key: "kubernetes.io/metadata.name".into(),
-        operator: "In".into(),
-        values: Some(vec![tenant_ns.name.clone()]),
-    })
-    .validate::<ConfigMap>(&CREATE_UPDATE)
-    .mutate::<ConfigMap>(&["CREATE"]);
-    Api::<ValidatingWebhookConfiguration>::all(client.clone())
-        .create(&PostParams::default(), &configurations.validating())
-        .await
-        .expect("creating the validating configuration");
-    Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .create(&PostParams::default(), &configurations.mutating())
-        .await
-        .expect("creating the mutating configuration");
+    .await;
     let names = ConfigurationNames {
         validating: vec![name.clone()],
         mutating: vec![name.clone()],
@@ -339,6 +370,196 @@ async fn webhooks_answer_the_api_server_through_a_ca_rotation_without_a_failed_c
             .expect("background tasks stop")
             .expect("no panic");
     }
+    tokio::time::timeout(Duration::from_secs(10), server_task)
+        .await
+        .expect("the server stops")
+        .expect("no panic")
+        .expect("the server ran");
+}
+
+fn provided_secret(name: &str, ca: &PemPair, leaf: &PemPair) -> Secret {
+    let data = [
+        ("tls.crt", leaf.cert.clone()),
+        ("tls.key", leaf.key.clone()),
+        ("ca.crt", ca.cert.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+    .collect();
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..ObjectMeta::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(data),
+        ..Secret::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provided_certificates_are_served_reloaded_and_never_written() {
+    let cluster = TestCluster::connect().await;
+    let operator_ns = cluster.namespace("webhook_byo_operator").await;
+    let tenant_ns = cluster.namespace("webhook_byo_tenant").await;
+    let client = cluster.client.clone();
+
+    // What a certificate manager would have written.
+    let now = Timestamp::now();
+    let (from, until) = (
+        now - SignedDuration::from_mins(5),
+        now + SignedDuration::from_hours(1),
+    );
+    let ca = generate_ca("provided test CA", from, until).expect("CA");
+    let names = vec!["127.0.0.1".to_string()];
+    let first = issue_serving(&ca, &names, from, until).expect("leaf");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &operator_ns.name);
+    let secret_name = "provided-tls";
+    secrets
+        .create(
+            &PostParams::default(),
+            &provided_secret(secret_name, &ca, &first),
+        )
+        .await
+        .expect("creating the provided Secret");
+
+    let stop = CancellationToken::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let name = format!("bosun-e2e-{}", tenant_ns.name);
+    let _guard = ConfigurationsGuard {
+        cluster: &cluster,
+        name: name.clone(),
+    };
+    install_configurations(
+        &client,
+        &name,
+        &operator_ns.name,
+        &tenant_ns.name,
+        addr,
+        Some(ca.cert.as_bytes()),
+    )
+    .await;
+    let configuration_names = ConfigurationNames {
+        validating: vec![name.clone()],
+        mutating: vec![name.clone()],
+    };
+
+    let certificates = WebhookCertificates::provided(
+        client.clone(),
+        &operator_ns.name,
+        secret_name,
+        configuration_names.clone(),
+    );
+    assert!(certificates.leader_writer().is_none(), "nothing to write");
+    let readiness = certificates.readiness().clone();
+    let serving = certificates.serving();
+    let server = AdmissionServer::new()
+        .validate::<ConfigMap>(validate)
+        .mutate::<ConfigMap>(default_label);
+    let server_task = tokio::spawn({
+        let serving = serving.clone();
+        let stop = stop.clone();
+        async move { server.serve(listener, serving, stop).await }
+    });
+    let replica = tokio::spawn(certificates.clone().run_replica(stop.clone()));
+
+    wait_for("the replica is ready", Duration::from_secs(30), || async {
+        readiness.check()
+    })
+    .await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &tenant_ns.name);
+    wait_for(
+        "the API server calls the webhooks",
+        Duration::from_secs(30),
+        || probe(&config_maps, 0),
+    )
+    .await;
+
+    // The certificate manager renews the leaf: the replica serves it.
+    let served_first = serving.leaf_der();
+    let second = issue_serving(&ca, &names, from, until).expect("leaf");
+    let renewed = secrets
+        .replace(
+            secret_name,
+            &PostParams::default(),
+            &Secret {
+                metadata: secrets.get(secret_name).await.expect("the Secret").metadata,
+                ..provided_secret(secret_name, &ca, &second)
+            },
+        )
+        .await
+        .expect("renewing the provided Secret");
+    wait_for(
+        "the renewed leaf is served",
+        Duration::from_secs(30),
+        || {
+            let changed = serving.leaf_der() != served_first;
+            async move {
+                if changed {
+                    Ok(())
+                } else {
+                    Err("still the first leaf".into())
+                }
+            }
+        },
+    )
+    .await;
+    probe(&config_maps, 1)
+        .await
+        .expect("calls work on the renewed leaf");
+
+    // A caBundle that no longer trusts the served CA: not ready.
+    let other = generate_ca("another CA", from, until).expect("CA");
+    let webhooks: Vec<serde_json::Value> = Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .get(&name)
+        .await
+        .expect("the configuration")
+        .webhooks
+        .unwrap_or_default()
+        .into_iter()
+        .map(|w| serde_json::json!({"name": w.name, "clientConfig": {"caBundle": ByteString(other.cert.clone().into_bytes())}}))
+        .collect();
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .patch(
+            &name,
+            &PatchParams::apply("webhook-e2e-test").force(),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingWebhookConfiguration",
+                "metadata": {"name": name},
+                "webhooks": webhooks,
+            })),
+        )
+        .await
+        .expect("replacing the caBundle");
+    wait_for(
+        "the replica reports not ready",
+        Duration::from_secs(30),
+        || {
+            let result = readiness.check();
+            async move {
+                match result {
+                    Err(why) if why.contains("not yet in the caBundle") => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+
+    // Nothing of the runtime wrote the Secret.
+    let after = secrets.get(secret_name).await.expect("the Secret");
+    assert_eq!(
+        after.metadata.resource_version, renewed.metadata.resource_version,
+        "the provided Secret was written by someone other than its owner"
+    );
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), replica)
+        .await
+        .expect("the replica stops")
+        .expect("no panic");
     tokio::time::timeout(Duration::from_secs(10), server_task)
         .await
         .expect("the server stops")
