@@ -20,7 +20,7 @@ use bosun_runtime::webhook::certificate::{PemPair, generate_ca, issue_serving};
 use bosun_runtime::webhook::configuration::{
     CREATE_UPDATE, with_ca_bundle_mutating, with_ca_bundle_validating,
 };
-use bosun_runtime::webhook::published::read_published;
+use bosun_runtime::webhook::published::{CA_BUNDLE_FIELD_MANAGER, read_published};
 use bosun_runtime::webhook::{
     AdmissionServer, ConfigurationNames, Endpoint, RotationPolicy, WebhookCertificates,
     WebhookConfigurations, mutated,
@@ -358,6 +358,25 @@ async fn webhooks_answer_the_api_server_through_a_ca_rotation_without_a_failed_c
         "{} of {calls} calls failed: {failures:?}",
         failures.len()
     );
+    // The caBundle is the certificate writer's field, and nobody else's.
+    let configuration = Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .get(&name)
+        .await
+        .expect("the configuration");
+    let managers: Vec<String> = configuration
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|entry| {
+            entry
+                .fields_v1
+                .as_ref()
+                .is_some_and(|fields| fields.0.to_string().contains("f:caBundle"))
+        })
+        .filter_map(|entry| entry.manager)
+        .collect();
+    assert_eq!(managers, [CA_BUNDLE_FIELD_MANAGER], "who manages caBundle");
     assert!(
         not_ready.is_empty(),
         "the replica went unready: {not_ready:?}"
