@@ -29,8 +29,10 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, ObjectMeta};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelectorRequirement, ObjectMeta, OwnerReference,
+};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse};
@@ -76,20 +78,27 @@ struct ConfigurationsGuard<'a> {
 
 impl Drop for ConfigurationsGuard<'_> {
     fn drop(&mut self) {
-        for kind in [
-            "validatingwebhookconfiguration",
-            "mutatingwebhookconfiguration",
-        ] {
-            let out = self
-                .cluster
-                .kubectl(&["delete", kind, &self.name, "--ignore-not-found"]);
-            if !out.status.success() {
+        // The API server may be restarting: try for a minute.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.cluster.kubectl(&[
+                "delete",
+                "validatingwebhookconfiguration,mutatingwebhookconfiguration",
+                &self.name,
+                "--ignore-not-found",
+            ]);
+            if out.status.success() {
+                return;
+            }
+            if std::time::Instant::now() > deadline {
                 eprintln!(
-                    "deleting {kind} {}: {}",
+                    "deleting the webhook configurations {} (their namespace owns them): {}",
                     self.name,
                     String::from_utf8_lossy(&out.stderr)
                 );
+                return;
             }
+            std::thread::sleep(Duration::from_secs(2));
         }
     }
 }
@@ -197,6 +206,21 @@ async fn install_configurations(
     .validate::<ConfigMap>(&CREATE_UPDATE)
     .mutate::<ConfigMap>(&["CREATE"]);
     let (mut validating, mut mutating) = (configurations.validating(), configurations.mutating());
+    // Owned by the tenant namespace: should the guard's delete not reach the
+    // API server, the garbage collector removes them with the namespace.
+    let namespace = Api::<Namespace>::all(client.clone())
+        .get(tenant)
+        .await
+        .expect("the tenant namespace");
+    let owner = vec![OwnerReference {
+        api_version: "v1".into(),
+        kind: "Namespace".into(),
+        name: tenant.to_string(),
+        uid: namespace.metadata.uid.unwrap_or_default(),
+        ..OwnerReference::default()
+    }];
+    validating.metadata.owner_references = Some(owner.clone());
+    mutating.metadata.owner_references = Some(owner);
     if let Some(pem) = ca_bundle {
         validating = with_ca_bundle_validating(validating, pem);
         mutating = with_ca_bundle_mutating(mutating, pem);
