@@ -177,12 +177,19 @@ impl SelfManagedCertificates {
         Ok(())
     }
 
-    /// Carries out steps until `stop` is cancelled: at once while there is
+    /// Carries out steps until `stop` is cancelled (also in the middle of
+    /// one): at once while there is
     /// work, then at the time the decision names (at most a minute later),
     /// and a few seconds after a failure.
     pub async fn run(self, stop: CancellationToken) {
         loop {
-            let pause = match self.step(Timestamp::now()).await {
+            // A step in flight is dropped when leadership ends: a write
+            // either landed or not, and the next leader reads which.
+            let result = tokio::select! {
+                () = stop.cancelled() => return,
+                result = self.step(Timestamp::now()) => result,
+            };
+            let pause = match result {
                 Ok(Step::Wait { until }) => {
                     let until = Duration::try_from(Timestamp::now().duration_until(until))
                         .unwrap_or(Duration::ZERO);

@@ -122,12 +122,6 @@ impl ServingCertificate {
     }
 }
 
-impl fmt::Debug for Served {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Served")
-    }
-}
-
 impl ResolvesServerCert for ServingCertificate {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.read(|s| s.map(|s| s.key.clone()))
