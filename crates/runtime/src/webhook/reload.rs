@@ -132,3 +132,56 @@ impl WebhookReadiness {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webhook::certificate::{generate_ca, issue_serving, parse_pem_bundle};
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+    #[test]
+    fn readiness_follows_the_served_certificate_and_the_bundles() {
+        let health = Health::new();
+        let serving = ServingCertificate::new();
+        let readiness = WebhookReadiness::new(serving.clone());
+        readiness.register(&health);
+        let report = health.readiness();
+        assert!(!report.passed());
+        assert!(
+            report
+                .to_string()
+                .contains("[-]webhook-certificate failed: no serving certificate loaded yet"),
+            "{report}"
+        );
+
+        let now = Timestamp::now();
+        let until = now + SignedDuration::from_hours(1);
+        let ca = generate_ca("readiness CA", now, until).expect("CA");
+        let leaf = issue_serving(&ca, &["hooks.ops.svc".into()], now, until).expect("leaf");
+        serving
+            .set(leaf.cert.as_bytes(), leaf.key.as_bytes())
+            .expect("loads");
+        assert!(!health.readiness().passed(), "bundles not read yet");
+
+        let subject = parse_pem_bundle(ca.cert.as_bytes()).expect("CA")[0]
+            .subject
+            .clone();
+        let bundle = |cas: Vec<Vec<u8>>| PublishedBundle {
+            configuration: "ValidatingWebhookConfiguration/ops".into(),
+            webhook: "v.example.com".into(),
+            cas,
+        };
+        *readiness
+            .published
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) =
+            Some(vec![bundle(vec![b"another".to_vec()])]);
+        assert!(!health.readiness().passed(), "the bundle lacks the CA");
+        *readiness
+            .published
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) =
+            Some(vec![bundle(vec![b"another".to_vec(), subject])]);
+        assert!(health.readiness().passed(), "{}", health.readiness());
+    }
+}
