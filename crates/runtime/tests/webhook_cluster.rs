@@ -1,14 +1,20 @@
-//! The admission server and its self-managed certificates against the dev
-//! cluster's real API server: the API server calls an in-process server on
-//! loopback, ConfigMaps in one namespace of the test's own are validated
-//! and defaulted, and a CA rotation forced by a shortened schedule happens
-//! while a client applies objects continuously — not one call fails (a
-//! failed call would be ignored by the fail-open policy and let a forbidden
-//! object through, which the client counts), the `caBundle` holds old and
-//! new CA together during the overlap, and the replica stays ready.
+//! Admission webhooks against the dev cluster's real API server, which
+//! calls servers in the test process on loopback:
 //!
-//! The configurations reach only the test's namespace and ConfigMaps, and
-//! are deleted when the test ends, also when it fails.
+//! - self-managed certificates through a CA rotation forced by a shortened
+//!   schedule, while a client applies objects continuously: not one call
+//!   fails (a failed call would be ignored by the fail-open policy and let
+//!   a forbidden object through, which the client counts), every
+//!   `caBundle` holds old and new CA together during the overlap, and the
+//!   replica stays ready;
+//! - certificates provided in a Secret: served, reloaded when renewed,
+//!   never written;
+//! - a webhook that never answers: Pods and ConfigMaps are still created,
+//!   each within the webhook's timeout.
+//!
+//! The configurations reach only a namespace of the test's own (Pods only
+//! by dry run), are owned by that namespace, and are deleted when the test
+//! ends, also when it fails.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -182,6 +188,23 @@ async fn ca_subjects(client: &Client, names: &ConfigurationNames) -> Vec<Vec<Vec
         .collect()
 }
 
+/// An owner reference to namespace `tenant`: should the guard's delete not
+/// reach the API server, the garbage collector removes what it owns with the
+/// namespace.
+async fn owned_by(client: &Client, tenant: &str) -> Vec<OwnerReference> {
+    let namespace = Api::<Namespace>::all(client.clone())
+        .get(tenant)
+        .await
+        .expect("the tenant namespace");
+    vec![OwnerReference {
+        api_version: "v1".into(),
+        kind: "Namespace".into(),
+        name: tenant.to_string(),
+        uid: namespace.metadata.uid.unwrap_or_default(),
+        ..OwnerReference::default()
+    }]
+}
+
 /// Validating and mutating configurations named `name` that reach only the
 /// ConfigMaps of `tenant`, calling the server at `addr`.
 async fn install_configurations(
@@ -206,19 +229,7 @@ async fn install_configurations(
     .validate::<ConfigMap>(&CREATE_UPDATE)
     .mutate::<ConfigMap>(&["CREATE"]);
     let (mut validating, mut mutating) = (configurations.validating(), configurations.mutating());
-    // Owned by the tenant namespace: should the guard's delete not reach the
-    // API server, the garbage collector removes them with the namespace.
-    let namespace = Api::<Namespace>::all(client.clone())
-        .get(tenant)
-        .await
-        .expect("the tenant namespace");
-    let owner = vec![OwnerReference {
-        api_version: "v1".into(),
-        kind: "Namespace".into(),
-        name: tenant.to_string(),
-        uid: namespace.metadata.uid.unwrap_or_default(),
-        ..OwnerReference::default()
-    }];
+    let owner = owned_by(client, tenant).await;
     validating.metadata.owner_references = Some(owner.clone());
     mutating.metadata.owner_references = Some(owner);
     if let Some(pem) = ca_bundle {
@@ -608,4 +619,117 @@ async fn provided_certificates_are_served_reloaded_and_never_written() {
         .expect("the server stops")
         .expect("no panic")
         .expect("the server ran");
+}
+
+/// A Pod that a dry-run create would accept.
+fn pod(name: &str) -> k8s_openapi::api::core::v1::Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "c", "image": "pause:never-pulled"}]}
+    }))
+    .expect("a Pod")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_that_never_answers_blocks_neither_pods_nor_other_kinds() {
+    let cluster = TestCluster::connect().await;
+    let operator_ns = cluster.namespace("webhook_dead_operator").await;
+    let tenant_ns = cluster.namespace("webhook_dead_tenant").await;
+    let client = cluster.client.clone();
+
+    // A black hole: accepts connections and never says a word.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let hole = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+
+    let name = format!("bosun-e2e-{}", tenant_ns.name);
+    let _guard = ConfigurationsGuard {
+        cluster: &cluster,
+        name: name.clone(),
+    };
+    let configurations = WebhookConfigurations::new(
+        &name,
+        "e2e.bosun.dev",
+        &operator_ns.name,
+        Endpoint::Url(format!("https://{addr}")),
+    )
+    .with_namespace_requirement(LabelSelectorRequirement {
+        key: "kubernetes.io/metadata.name".into(),
+        operator: "In".into(),
+        values: Some(vec![tenant_ns.name.clone()]),
+    })
+    .mutate::<k8s_openapi::api::core::v1::Pod>(&["CREATE"])
+    .validate::<ConfigMap>(&CREATE_UPDATE);
+    let (mut mutating, mut validating) = (configurations.mutating(), configurations.validating());
+    let owner = owned_by(&client, &tenant_ns.name).await;
+    mutating.metadata.owner_references = Some(owner.clone());
+    validating.metadata.owner_references = Some(owner);
+    for webhook in mutating.webhooks.iter().flatten() {
+        assert_eq!(webhook.failure_policy.as_deref(), Some("Ignore"));
+    }
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &mutating)
+        .await
+        .expect("creating the mutating configuration");
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &validating)
+        .await
+        .expect("creating the validating configuration");
+
+    // Wait until the API server has the configurations: then a call takes
+    // the webhook's timeout before it is ignored.
+    let timeout = Duration::from_secs(5);
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(client.clone(), &tenant_ns.name);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &tenant_ns.name);
+    wait_for(
+        "the API server calls the dead webhook",
+        Duration::from_secs(60),
+        || {
+            let pods = pods.clone();
+            async move {
+                let started = Instant::now();
+                pods.create(&dry_run(), &pod("probe"))
+                    .await
+                    .map_err(|e| format!("a Pod was refused: {e}"))?;
+                if started.elapsed() >= timeout - Duration::from_millis(500) {
+                    Ok(())
+                } else {
+                    Err("answered at once: the webhook is not called yet".into())
+                }
+            }
+        },
+    )
+    .await;
+
+    for n in 0..3 {
+        let started = Instant::now();
+        pods.create(&dry_run(), &pod(&format!("p-{n}")))
+            .await
+            .expect("a Pod is created although its webhook never answers");
+        let took = started.elapsed();
+        assert!(
+            took < timeout + Duration::from_secs(4),
+            "a Pod create took {took:?}, past the webhook's {timeout:?} timeout"
+        );
+        let started = Instant::now();
+        config_maps
+            .create(
+                &dry_run(),
+                &config_map(&format!("c-{n}"), &[("forbidden", "1")]),
+            )
+            .await
+            .expect("a ConfigMap is created although its webhook never answers");
+        let took = started.elapsed();
+        assert!(
+            took < timeout + Duration::from_secs(4),
+            "a ConfigMap create took {took:?}, past the webhook's {timeout:?} timeout"
+        );
+    }
+    hole.abort();
 }
