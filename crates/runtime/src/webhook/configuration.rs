@@ -186,6 +186,7 @@ impl WebhookConfigurations {
         let resources = rule.resources.as_deref().unwrap_or_default();
         let owned = !groups.is_empty()
             && groups.iter().all(|g| self.owned_groups.contains(g))
+            && !resources.is_empty()
             && resources
                 .iter()
                 .all(|r| !r.contains('*') && r != "pods" && !r.starts_with("pods/"));
@@ -371,6 +372,11 @@ mod tests {
         let mut none = own_rule(&["etcdclusters"]);
         none.api_groups = None;
         assert_eq!(hooks.failure_policy(&none), "Ignore");
+        assert_eq!(
+            hooks.failure_policy(&own_rule(&[])),
+            "Ignore",
+            "no resources named"
+        );
     }
 
     #[test]

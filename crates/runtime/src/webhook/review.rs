@@ -93,7 +93,6 @@ where
     // The API server refuses a response for another request; whatever the
     // handler built, it answers this one.
     response.uid = request.uid.clone();
-    response.types = v1_types();
     reviewed(response)
 }
 
@@ -104,8 +103,9 @@ fn v1_types() -> TypeMeta {
     }
 }
 
-fn reviewed(response: AdmissionResponse) -> Answer {
-    let mut response = response;
+/// A 200 answer carrying `response`, always as a v1 review (kube takes the
+/// review's type from the response).
+fn reviewed(mut response: AdmissionResponse) -> Answer {
     response.types = v1_types();
     Answer {
         status: 200,
