@@ -195,6 +195,22 @@ pub struct EtcdBackupStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
     pub backups: Vec<BackupRecord>,
+    /// A multipart upload a run began and has not finished: recorded before
+    /// its first part, so that an upload cut short (the operator killed,
+    /// the run timed out) is aborted by the next run instead of keeping
+    /// its parts in the bucket for good. Written as null when there is none.
+    #[serde(default)]
+    pub upload: Option<UploadInProgress>,
+}
+
+/// A multipart upload in the EtcdBackup's store.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadInProgress {
+    /// The object's path in the store.
+    pub path: String,
+    /// The store's id of the upload.
+    pub upload_id: String,
 }
 
 /// Phase of an EtcdBackup.

@@ -194,22 +194,34 @@ async fn operator_killed_during_an_upload_leaves_no_partial_backup_and_the_next_
         .await
         .expect("create backup");
 
+    // The upload's id is recorded before its first part: the kill lands
+    // mid-stream.
     wait_until(
-        "the backup to be running",
+        "the backup to be uploading",
         DEADLINE,
         Duration::from_millis(20),
         || async {
-            let phase = backups
+            let status = backups
                 .get("interrupted")
                 .await
                 .map_err(|e| e.to_string())?
                 .status
-                .and_then(|s| s.phase);
-            Ok(phase == Some(bosun_api::backup::BackupPhase::Running))
+                .unwrap_or_default();
+            Ok(
+                status.phase == Some(bosun_api::backup::BackupPhase::Running)
+                    && status.upload.is_some(),
+            )
         },
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
+    let interrupted = backups
+        .get("interrupted")
+        .await
+        .expect("get")
+        .status
+        .and_then(|s| s.upload)
+        .expect("a recorded upload");
     let (pod, holder) = kill_operator(&cluster).await;
     eprintln!("killed {pod} during the upload; {holder} leads");
 
@@ -240,6 +252,25 @@ async fn operator_killed_during_an_upload_leaves_no_partial_backup_and_the_next_
         record.location
     );
     assert_eq!(names.len(), 2, "a snapshot and its manifest: {names:?}");
+    // The interrupted upload is gone from the store itself: S3 refuses a
+    // part for it (NoSuchUpload), where a live upload would take one.
+    let parts = destination
+        .multipart
+        .clone()
+        .expect("S3 has a multipart API");
+    let refused = parts
+        .put_part(
+            &interrupted.path.as_str().into(),
+            &interrupted.upload_id,
+            0,
+            object_store::PutPayload::from_static(b"late"),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(object_store::Error::NotFound { .. })),
+        "the interrupted upload still takes parts: {refused:?}"
+    );
+    assert!(status.upload.is_none(), "{:?}", status.upload);
     for name in &names {
         destination
             .store

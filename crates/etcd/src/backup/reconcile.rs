@@ -5,7 +5,10 @@
 //!
 //! A run interrupted by an operator restart leaves phase `Running`; the
 //! next pass runs again. Its partial upload never completed (multipart) or
-//! has no manifest, and retention deletes such debris.
+//! has no manifest, and retention deletes such debris. The upload's id is
+//! in `status.upload` from before its first part, and the next run (or the
+//! run itself, after a timeout) aborts it, so its parts do not stay in the
+//! bucket.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,6 +16,7 @@ use std::time::Duration;
 
 use bosun_api::backup::{
     BackupPhase, BackupRecord, BackupStorage, EtcdBackupStatus, MAX_RECORDED_BACKUPS,
+    UploadInProgress,
 };
 use bosun_api::conditions::{COMPLETE, FAILED, reasons};
 use bosun_api::validation::{parse_schedule, validate_backup};
@@ -302,12 +306,30 @@ async fn run_backup(
     mut status: EtcdBackupStatus,
 ) -> Result<EtcdBackupStatus, Error> {
     let generation = backup.meta().generation;
+    // An upload a killed run left behind goes first; if the store cannot
+    // be reached it stays recorded for the next run.
+    if let Some(left) = status.upload.take()
+        && !abort_upload(ctx, backup, &left).await
+    {
+        status.upload = Some(left);
+    }
     status.phase = Some(BackupPhase::Running);
     write_status(ctx, backup, &status).await?;
 
     let started = Utc::now();
     let timeout = Duration::from_secs(u64::try_from(backup.spec.timeout_seconds).unwrap_or(600));
-    let outcome = match tokio::time::timeout(timeout, take_backup(ctx, backup, started)).await {
+    let recorded = std::sync::Mutex::new(None);
+    let outcome = tokio::time::timeout(timeout, take_backup(ctx, backup, started, &recorded)).await;
+    // An upload begun and not completed (the run failed or timed out
+    // mid-stream) is aborted now; the writer aborts on its own failures,
+    // but a timeout drops it mid-part.
+    let unfinished = recorded.lock().ok().and_then(|mut r| r.take());
+    if let Some(left) = unfinished
+        && !abort_upload(ctx, backup, &left).await
+    {
+        status.upload = Some(left);
+    }
+    let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(_) => Err(RunFailure::new(
             backup_reasons::TIMEOUT,
@@ -542,6 +564,7 @@ async fn take_backup(
     ctx: &Context,
     backup: &EtcdBackup,
     started: chrono::DateTime<Utc>,
+    recorded: &std::sync::Mutex<Option<UploadInProgress>>,
 ) -> Result<(BackupRecord, Vec<String>), RunFailure> {
     let namespace = backup.namespace().unwrap_or_default();
     let clusters: Api<EtcdCluster> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -579,10 +602,39 @@ async fn take_backup(
         "backing up {cluster_name} from {endpoint} to {}",
         destination.url_of(&path)
     );
+    // The upload's id is recorded before any part is sent: from then on,
+    // whatever stops this run, the next one can abort it.
+    let upload_id = match &destination.multipart {
+        Some(store) => {
+            let id = store
+                .create_multipart(&path)
+                .await
+                .map_err(|e| fail(e.into()))?;
+            let upload = UploadInProgress {
+                path: path.to_string(),
+                upload_id: id.clone(),
+            };
+            if let Ok(mut slot) = recorded.lock() {
+                *slot = Some(upload.clone());
+            }
+            record_upload(ctx, backup, &upload)
+                .await
+                .map_err(|e| RunFailure::new(backup_reasons::FAILED, e.to_string()))?;
+            Some(id)
+        }
+        None => None,
+    };
     crate::crash_point!("backup.upload.before");
-    let summary = snapshot::upload(&endpoint, &destination, &path, &|_| {})
+    let target = match &upload_id {
+        Some(id) => snapshot::UploadTarget::Recorded(id),
+        None => snapshot::UploadTarget::Unrecorded,
+    };
+    let summary = snapshot::upload(&endpoint, &destination, &path, target, &|_| {})
         .await
         .map_err(fail)?;
+    if let Ok(mut slot) = recorded.lock() {
+        *slot = None;
+    }
     snapshot::verify_stored(&destination, &path, &summary)
         .await
         .map_err(fail)?;
@@ -670,6 +722,66 @@ async fn apply_retention(
         }
     }
     Ok(plan.kept)
+}
+
+/// Records a begun upload in the EtcdBackup's status.
+async fn record_upload(
+    ctx: &Context,
+    backup: &EtcdBackup,
+    upload: &UploadInProgress,
+) -> Result<(), kube::Error> {
+    let api: Api<EtcdBackup> =
+        Api::namespaced(ctx.client.clone(), &backup.namespace().unwrap_or_default());
+    let patch = serde_json::json!({"status": {"upload": upload}});
+    api.patch_status(
+        &backup.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(drop)
+}
+
+/// Aborts an upload recorded in status, in the store the spec names now.
+/// Returns whether it is gone (aborted, or unknown to the store); a store
+/// that cannot be reached leaves it for the next run, with an Event.
+async fn abort_upload(ctx: &Context, backup: &EtcdBackup, upload: &UploadInProgress) -> bool {
+    let namespace = backup.namespace().unwrap_or_default();
+    let result = match open_destination(&ctx.client, &namespace, &backup.spec.storage).await {
+        Ok((destination, _)) => match &destination.multipart {
+            Some(store) => super::multipart::abort(
+                store.as_ref(),
+                &Path::from(upload.path.as_str()),
+                &upload.upload_id,
+            )
+            .await
+            .map_err(|e| e.to_string()),
+            // The spec moved to a store without multipart uploads: the old
+            // one is out of reach.
+            None => Ok(()),
+        },
+        Err(failure) => Err(failure.message),
+    };
+    match result {
+        Ok(()) => {
+            tracing::info!(path = %upload.path, "aborted an unfinished upload");
+            true
+        }
+        Err(why) => {
+            event(
+                ctx,
+                backup,
+                EventType::Warning,
+                backup_reasons::FAILED,
+                &format!(
+                    "could not abort the unfinished upload of {}: {why}; trying again next run",
+                    upload.path
+                ),
+            )
+            .await;
+            false
+        }
+    }
 }
 
 async fn write_status(

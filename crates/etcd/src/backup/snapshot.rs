@@ -8,11 +8,12 @@ use std::time::Duration;
 use etcd_client::{Client, ConnectOptions};
 use futures::StreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, WriteMultipart};
+use object_store::{MultipartId, ObjectStoreExt, WriteMultipart};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use super::digest::{SnapshotDigest, Summary};
+use super::multipart::PartWriter;
 use super::store::Destination;
 
 /// Size of each part of a multipart upload (S3's minimum is 5 MiB).
@@ -100,6 +101,16 @@ pub fn manifest_path(snapshot: &Path) -> Path {
     Path::from(format!("{}.json", text.strip_suffix(".db").unwrap_or(text)))
 }
 
+/// Where [`upload`] writes: an upload begun with a known id (see
+/// [`super::multipart`]), or for a store without a multipart API, one
+/// started here.
+pub enum UploadTarget<'a> {
+    /// The upload `id` of the destination's multipart API.
+    Recorded(&'a MultipartId),
+    /// A new upload through the store's plain interface.
+    Unrecorded,
+}
+
 /// Streams a snapshot from the member at `endpoint` into `path`, and
 /// returns its figures. The upload is aborted on any failure, and a
 /// snapshot whose etcd hash does not check out is never completed, so no
@@ -108,6 +119,7 @@ pub async fn upload(
     endpoint: &str,
     destination: &Destination,
     path: &Path,
+    target: UploadTarget<'_>,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<Summary, SnapshotError> {
     // No per-call timeout: a snapshot stream runs as long as the database
@@ -121,8 +133,19 @@ pub async fn upload(
         .await
         .map_err(|e| SnapshotError::Etcd(format!("starting a snapshot at {endpoint}: {e}")))?;
 
-    let upload = destination.store.put_multipart(path).await?;
-    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+    let mut sink = match (target, &destination.multipart) {
+        (UploadTarget::Recorded(id), Some(store)) => Sink::Recorded(PartWriter::new(
+            store.clone(),
+            path.clone(),
+            id.clone(),
+            PART_SIZE,
+            PARTS_IN_FLIGHT,
+        )),
+        _ => Sink::Plain(WriteMultipart::new_with_chunk_size(
+            destination.store.put_multipart(path).await?,
+            PART_SIZE,
+        )),
+    };
     let mut digest = SnapshotDigest::new();
     let streamed: Result<(), SnapshotError> = async {
         loop {
@@ -132,8 +155,7 @@ pub async fn upload(
                 .map_err(|e| SnapshotError::Etcd(format!("reading the snapshot stream: {e}")))?;
             let Some(message) = message else { break };
             digest.update(message.blob());
-            writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
-            writer.write(message.blob());
+            sink.write(message.blob()).await?;
             progress(digest.size());
         }
         Ok(())
@@ -151,13 +173,46 @@ pub async fn upload(
         }
     });
     if let Err(e) = checked {
-        if let Err(abort) = writer.abort().await {
+        if let Err(abort) = sink.abort().await {
             tracing::warn!("aborting the upload of {path}: {abort}");
         }
         return Err(e);
     }
-    writer.finish().await?;
+    sink.finish().await?;
     Ok(summary)
+}
+
+/// The two ways of writing an upload, behind one interface.
+enum Sink {
+    Recorded(PartWriter),
+    Plain(WriteMultipart),
+}
+
+impl Sink {
+    async fn write(&mut self, data: &[u8]) -> Result<(), object_store::Error> {
+        match self {
+            Sink::Recorded(writer) => writer.write(data).await,
+            Sink::Plain(writer) => {
+                writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+                writer.write(data);
+                Ok(())
+            }
+        }
+    }
+
+    async fn finish(self) -> Result<(), object_store::Error> {
+        match self {
+            Sink::Recorded(writer) => writer.finish().await,
+            Sink::Plain(writer) => writer.finish().await.map(drop),
+        }
+    }
+
+    async fn abort(self) -> Result<(), object_store::Error> {
+        match self {
+            Sink::Recorded(writer) => writer.abort().await,
+            Sink::Plain(writer) => writer.abort().await,
+        }
+    }
 }
 
 /// Reads `path` back from the store and checks it against `expected`: the

@@ -17,6 +17,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
+use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::{ClientOptions, ObjectStore, RetryConfig};
 
@@ -89,15 +90,29 @@ pub enum StoreError {
 }
 
 /// A store and the path under which a backup's objects live.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Destination {
     /// The store.
     pub store: Arc<dyn ObjectStore>,
+    /// The same store's multipart API, where it has one (S3, GCS, Azure):
+    /// uploads whose id is known, so that an interrupted one can be aborted.
+    pub multipart: Option<Arc<dyn MultipartStore>>,
     /// The URL of the store's root (`s3://bucket`, `file:///backups`, ...),
     /// to which object paths are appended for display and records.
     pub root_url: String,
     /// The configured prefix inside the store (may be empty).
     pub prefix: Path,
+}
+
+impl std::fmt::Debug for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Destination")
+            .field("store", &self.store)
+            .field("multipart", &self.multipart.is_some())
+            .field("root_url", &self.root_url)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
 }
 
 impl Destination {
@@ -171,8 +186,10 @@ pub fn destination(
                 builder = builder.with_token(token);
             }
         }
+        let client = Arc::new(builder.build()?);
         return Ok(Destination {
-            store: Arc::new(builder.build()?),
+            store: client.clone(),
+            multipart: Some(client),
             root_url: format!("s3://{}", s3.bucket),
             prefix: prefix_path(s3.prefix.as_deref()),
         });
@@ -186,8 +203,10 @@ pub fn destination(
             builder =
                 builder.with_service_account_key(credentials.require(GCS_SERVICE_ACCOUNT_KEY)?);
         }
+        let client = Arc::new(builder.build()?);
         return Ok(Destination {
-            store: Arc::new(builder.build()?),
+            store: client.clone(),
+            multipart: Some(client),
             root_url: format!("gs://{}", gcs.bucket),
             prefix: prefix_path(gcs.prefix.as_deref()),
         });
@@ -201,8 +220,10 @@ pub fn destination(
         if let Some(credentials) = credentials {
             builder = builder.with_access_key(credentials.require(AZURE_ACCOUNT_KEY)?);
         }
+        let client = Arc::new(builder.build()?);
         return Ok(Destination {
-            store: Arc::new(builder.build()?),
+            store: client.clone(),
+            multipart: Some(client),
             root_url: format!("azure://{}/{}", azure.account, azure.container),
             prefix: prefix_path(azure.prefix.as_deref()),
         });
@@ -212,8 +233,11 @@ pub fn destination(
             StoreError::Config(format!("cannot create directory {}: {e}", file.path))
         })?;
         let store = LocalFileSystem::new_with_prefix(&file.path)?;
+        // A local directory has no multipart API: an interrupted write
+        // leaves a staging file beside the snapshot, never an object.
         return Ok(Destination {
             store: Arc::new(store),
+            multipart: None,
             root_url: format!("file://{}", file.path),
             prefix: Path::default(),
         });
