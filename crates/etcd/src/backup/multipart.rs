@@ -136,8 +136,8 @@ pub async fn abort(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use object_store::memory::InMemory;
     use object_store::ObjectStoreExt;
+    use object_store::memory::InMemory;
 
     #[tokio::test]
     async fn parts_arrive_in_order_and_the_object_exists_only_when_finished() {
