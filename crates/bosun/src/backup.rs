@@ -15,11 +15,14 @@ use anyhow::{Context as _, bail};
 use bosun_api::EtcdBackup;
 use bosun_api::backup::{BackupPhase, BackupRecord, EtcdBackupSpec};
 use bosun_api::conditions::FAILED;
+use bytesize::ByteSize;
 use clap::{Args, Subcommand};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client, ResourceExt};
 use tokio::time::Instant;
+
+use crate::duration::{human_duration, parse_duration};
 
 /// Label of the EtcdBackups `bosun backup now` creates: they are not
 /// candidates for the storage of the next one.
@@ -72,7 +75,7 @@ pub struct NowArgs {
     #[arg(long, value_name = "ETCDBACKUP")]
     from: Option<String>,
     /// How long to wait for the outcome: 90s, 10m, 1h (a bare number is seconds).
-    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = parse_timeout)]
     timeout: Duration,
     /// Create the EtcdBackup and return without waiting for its outcome.
     #[arg(long)]
@@ -214,23 +217,10 @@ fn render_list(cluster: &str, namespace: &str, backups: &[EtcdBackup]) -> String
     out
 }
 
-/// A size in bytes for people: 512 B, 1.5 KiB, 20.0 MiB, 1.2 GiB.
+/// A size in bytes for people: 512 B, 1.5 KiB, 20.0 MiB, 1.2 GiB. A
+/// negative size (a status written by hand) prints as it is.
 fn human_size(bytes: i64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    #[allow(clippy::cast_precision_loss)] // one decimal is shown
-    let mut value = bytes as f64;
-    let mut unit = "B";
-    for next in UNITS {
-        if value < 1024.0 {
-            break;
-        }
-        value /= 1024.0;
-        unit = next;
-    }
-    format!("{value:.1} {unit}")
+    u64::try_from(bytes).map_or_else(|_| format!("{bytes} B"), |b| ByteSize(b).to_string())
 }
 
 /// The first 12 hex digits of a SHA-256, enough to tell backups apart.
@@ -370,37 +360,22 @@ fn render_success(name: &str, record: &BackupRecord, elapsed: Duration) -> Strin
     )
 }
 
-/// A duration for people: 4s, 1m05s, 1h00m00s.
-fn human_duration(duration: Duration) -> String {
-    let s = duration.as_secs();
-    match (s / 3600, s % 3600 / 60, s % 60) {
-        (0, 0, s) => format!("{s}s"),
-        (0, m, s) => format!("{m}m{s:02}s"),
-        (h, m, s) => format!("{h}h{m:02}m{s:02}s"),
-    }
-}
-
-/// Parses `--timeout`: a whole number with an optional unit s, m or h.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+/// Parses `--timeout`: a duration flag (see [`parse_duration`]) or a bare
+/// number of seconds, longer than zero.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
+    let timeout = if text.bytes().all(|b| b.is_ascii_digit()) && !text.is_empty() {
+        let seconds: u64 = text
+            .parse()
+            .map_err(|_| format!("{text:?} is too long a timeout"))?;
+        Duration::from_secs(seconds)
+    } else {
+        parse_duration(text)?
     };
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as 90s, 10m or 1h"))?;
-    let seconds = match unit {
-        "s" => Some(value),
-        "m" => value.checked_mul(60),
-        "h" => value.checked_mul(3600),
-        _ => return Err(format!("{text:?}: the unit must be s, m or h")),
+    match timeout {
+        Duration::ZERO => Err("the timeout must be longer than 0s".into()),
+        timeout => Ok(timeout),
     }
-    .ok_or_else(|| format!("{text:?} is too long"))?;
-    if seconds == 0 {
-        return Err("the timeout must be longer than 0s".into());
-    }
-    Ok(Duration::from_secs(seconds))
 }
 
 /// Runs a `bosun backup` subcommand.
@@ -884,17 +859,15 @@ hourly   2025-03-01T11:00:00Z   42         900 B     3.6.5   0123456789ab   s3:/
     }
 
     #[test]
-    fn durations_parse_with_units_and_print_for_people() {
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("0").is_err());
-        assert!(parse_duration("10d").is_err());
-        assert!(parse_duration("m").is_err());
-        assert!(parse_duration("").is_err());
-        assert_eq!(human_duration(Duration::from_secs(4)), "4s");
-        assert_eq!(human_duration(Duration::from_secs(600)), "10m00s");
-        assert_eq!(human_duration(Duration::from_secs(3601)), "1h00m01s");
+    fn the_timeout_is_a_duration_longer_than_zero() {
+        assert_eq!(parse_timeout("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_timeout("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_timeout("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_timeout("1m30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_timeout("99999999999999999999").is_err());
+        assert!(parse_timeout("0").is_err());
+        assert!(parse_timeout("0s").is_err());
+        assert!(parse_timeout("m").is_err());
+        assert!(parse_timeout("").is_err());
     }
 }

@@ -36,6 +36,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+// The operator's flags take it from here too.
+pub(crate) use crate::duration::parse_duration;
+
 /// Options of `bosun leader-elector`.
 #[derive(Args, Debug)]
 pub struct LeaderElectorArgs {
@@ -203,45 +206,6 @@ fn leader_readiness(state: &LeaderState) -> Result<(), String> {
     })
 }
 
-/// Parses a duration the way Go's `time.ParseDuration` writes the common
-/// ones: one or more decimal numbers each with a unit of `h`, `m`, `s` or
-/// `ms` (`15s`, `1m30s`, `1.5s`, `300ms`).
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let invalid = || format!("invalid duration {text:?}: expected e.g. 15s, 1m30s, 300ms");
-    if text.is_empty() {
-        return Err(invalid());
-    }
-    let mut rest = text;
-    let mut total = Duration::ZERO;
-    while !rest.is_empty() {
-        let number_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(invalid)?;
-        let (number, after) = rest.split_at(number_end);
-        let unit_end = after
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(after.len());
-        let (unit, after) = after.split_at(unit_end);
-        let nanos_per_unit: u64 = match unit {
-            "h" => 3_600_000_000_000,
-            "m" => 60_000_000_000,
-            "s" => 1_000_000_000,
-            "ms" => 1_000_000,
-            _ => return Err(invalid()),
-        };
-        let value: f64 = number.parse().map_err(|_| invalid())?;
-        let nanos = (value * nanos_per_unit as f64).round();
-        if !nanos.is_finite() || nanos >= u64::MAX as f64 {
-            return Err(invalid());
-        }
-        total = total
-            .checked_add(Duration::from_nanos(nanos as u64))
-            .ok_or_else(invalid)?;
-        rest = after;
-    }
-    Ok(total)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,24 +220,6 @@ mod tests {
     fn parse(flags: &[&str]) -> Result<LeaderElectorArgs, clap::Error> {
         Cli::try_parse_from(std::iter::once("leader-elector").chain(flags.iter().copied()))
             .map(|cli| cli.args)
-    }
-
-    #[test]
-    fn go_style_durations() {
-        let cases = [
-            ("15s", Duration::from_secs(15)),
-            ("300ms", Duration::from_millis(300)),
-            ("1.5s", Duration::from_millis(1500)),
-            ("0.3s", Duration::from_millis(300)),
-            ("1m30s", Duration::from_secs(90)),
-            ("2h", Duration::from_secs(7200)),
-        ];
-        for (text, expected) in cases {
-            assert_eq!(parse_duration(text), Ok(expected), "{text}");
-        }
-        for bad in ["", "15", "s", "15x", "1.2.3s", "-1s", "15 s", "1e3s"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
-        }
     }
 
     #[test]

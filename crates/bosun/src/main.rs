@@ -7,6 +7,7 @@ mod backup;
 mod client;
 mod crds;
 mod dev;
+mod duration;
 mod install;
 mod leader_elector;
 mod operator;

@@ -7,6 +7,7 @@ use std::io::Read;
 use std::path::Path;
 use std::time::{Instant, UNIX_EPOCH};
 
+use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -50,7 +51,7 @@ pub fn build_cached(spec: &ImageSpec, out_dir: &Path) -> Result<BuiltImage, Imag
     {
         tracing::info!(
             image = %spec.name,
-            size = %human_size(stamp.archive_size),
+            size = %ByteSize(stamp.archive_size),
             elapsed = ?started.elapsed(),
             "image up to date"
         );
@@ -82,7 +83,7 @@ pub fn build_cached(spec: &ImageSpec, out_dir: &Path) -> Result<BuiltImage, Imag
         })?;
     tracing::info!(
         image = %spec.name,
-        size = %human_size(written.size),
+        size = %ByteSize(written.size),
         elapsed = ?started.elapsed(),
         "image built"
     );
@@ -188,20 +189,4 @@ pub fn safe_file_name(name: &str) -> String {
             }
         })
         .collect()
-}
-
-/// `12.3 MiB`.
-pub(crate) fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }

@@ -14,6 +14,8 @@
 
 use std::fmt::Write as _;
 
+use bytesize::ByteSize;
+
 /// etcd's backend quota when `quota-backend-bytes` is not set (2 GiB).
 pub const DEFAULT_QUOTA_BYTES: i64 = 2 * 1024 * 1024 * 1024;
 
@@ -136,9 +138,10 @@ pub fn quota(reported: Option<i64>, option: Option<&str>) -> i64 {
         .unwrap_or(DEFAULT_QUOTA_BYTES)
 }
 
-fn human_bytes(bytes: i64) -> String {
-    const MIB: f64 = 1024.0 * 1024.0;
-    format!("{:.1} MiB", bytes as f64 / MIB)
+/// A size from etcd's status for people: 1.5 GiB. etcd reports no
+/// negative sizes; one would print as 0 B.
+fn human_bytes(bytes: i64) -> ByteSize {
+    ByteSize(u64::try_from(bytes).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -195,6 +198,19 @@ mod tests {
         assert_eq!(next(&members, 4 * MIB), Recovery::Disarm);
         let members = [member("a", 4 * MIB, 4 * MIB - 8 * 1024)];
         assert!(matches!(next(&members, 4 * MIB), Recovery::NoRoom(_)));
+    }
+
+    #[test]
+    fn no_room_says_the_sizes_in_units_people_read() {
+        let full = 1946 * MIB;
+        let members = [member("a", full, full)];
+        let Recovery::NoRoom(message) = next(&members, DEFAULT_QUOTA_BYTES) else {
+            panic!("no room expected");
+        };
+        assert!(
+            message.contains("fills 1.9 GiB of the 2.0 GiB quota"),
+            "{message}"
+        );
     }
 
     #[test]
