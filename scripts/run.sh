@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Not --tests: the main job runs no tests, so it needs no cargo-nextest.
 scripts/setup.sh --cluster
 
 echo "==> building bosun"

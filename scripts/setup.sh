@@ -2,16 +2,20 @@
 # Installs what bosun's build and tests need, when it is missing. Idempotent:
 # a second run checks and prints, and installs nothing.
 #
-#   scripts/setup.sh            Rust toolchain, protoc, cargo-nextest
+#   scripts/setup.sh            Rust toolchain, protoc: what building bosun needs
 #   scripts/setup.sh --cluster  also the upstream programs and images `bosun dev` runs
+#   scripts/setup.sh --tests    also cargo-nextest, which runs the tests (scripts/test.sh)
+# The flags combine; scripts/run.sh passes --cluster, scripts/test.sh both.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 want_cluster=false
+want_tests=false
 for arg in "$@"; do
   case "$arg" in
     --cluster) want_cluster=true ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    --tests) want_tests=true ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) echo "setup: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -56,11 +60,13 @@ if ! have protoc || [ ! -f /usr/include/google/protobuf/descriptor.proto ]; then
 fi
 echo "protoc: $(protoc --version)"
 
-if ! cargo nextest --version >/dev/null 2>&1; then
-  step "building cargo-nextest (a few minutes, once)"
-  cargo install cargo-nextest --locked
+if $want_tests; then
+  if ! cargo nextest --version >/dev/null 2>&1; then
+    step "building cargo-nextest (a few minutes, once)"
+    cargo install cargo-nextest --locked
+  fi
+  echo "nextest: $(cargo nextest --version | head -n1)"
 fi
-echo "nextest: $(cargo nextest --version | head -n1)"
 
 if $want_cluster; then
   # Image builds take Debian's memcached and redis with apt-get download,

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup.sh --cluster
+scripts/setup.sh --cluster --tests
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
