@@ -1,5 +1,6 @@
 //! The failpoint matrix: each operation — create, scale down, heal,
-//! upgrade, bootstrap restore, in-place restore, backup — with the operator
+//! upgrade, an upgrade given up, bootstrap restore, in-place restore,
+//! backup — with the operator
 //! crashed once at each crash point on its path (`crash_point!` in the
 //! operator's code), then restarted, and the outcome judged by reading etcd
 //! and the API server directly, never the operator's own status.
@@ -513,6 +514,65 @@ async fn backup(point: &str, test: &str) {
     );
 }
 
+/// Halted upgrade: a cluster of one upgraded to an image that cannot start
+/// gives the upgrade up after its deadline (10 s), crashed at `point`: the
+/// member runs its old image again, as itself, with every key.
+async fn halt_upgrade(point: &str, test: &str) {
+    let cluster = TestCluster::connect().await;
+    let ns = cluster.namespace(test).await;
+    prepared_cluster(
+        &cluster,
+        &ns.name,
+        1,
+        50,
+        serde_json::json!({"version": "3.6.16", "memberStartDeadlineSeconds": 10}),
+    )
+    .await;
+    let mut etcd = etcd_client(&cluster, &ns.name, "db").await;
+    let ids = member_ids(&mut etcd).await;
+    let image = || async {
+        member_pods(&cluster, &ns.name, "db")
+            .await
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| {
+                let spec = p.spec.as_ref()?;
+                spec.containers
+                    .iter()
+                    .find(|c| c.name == "etcd")?
+                    .image
+                    .clone()
+            })
+            .next()
+            .unwrap_or_default()
+    };
+    let before = image().await;
+    let api: Api<EtcdCluster> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let armed = Operator::start(&cluster, &ns.name, Some(point));
+    api.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(
+            serde_json::json!({"spec": {"version": "3.6.17", "image": "127.0.0.1:1/etcd"}}),
+        ),
+    )
+    .await
+    .expect("upgrade to an image nobody serves");
+    let _clean = armed.crashed_then_replaced(&cluster, &ns.name, point).await;
+    wait_until(
+        "the member's old image to be back",
+        DEADLINE,
+        POLL,
+        || async { Ok(image().await == before) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    wait_for_cluster_at_rest(&cluster, &ns.name, "db", 1).await;
+    let mut etcd = etcd_client(&cluster, &ns.name, "db").await;
+    assert_eq!(member_ids(&mut etcd).await, ids, "the same member");
+    assert_exactly_keys(&mut etcd, 50).await;
+}
+
 /// One test per (operation, crash point).
 macro_rules! matrix {
     ($($operation:ident { $($test:ident => $point:literal),* $(,)? })*) => {
@@ -554,6 +614,10 @@ matrix! {
         upgrade_crash_after_delete => "cluster.upgrade.after-delete",
         upgrade_crash_before_move_leader => "cluster.move-leader.before",
         upgrade_crash_after_move_leader => "cluster.move-leader.after",
+    }
+    halt_upgrade {
+        halt_upgrade_crash_before_record => "cluster.halt.before",
+        halt_upgrade_crash_after_record => "cluster.halt.after",
     }
     bootstrap_restore {
         seed_restore_crash_before_volume => "cluster.create-seed.before-volume",
