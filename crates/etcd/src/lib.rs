@@ -6,6 +6,7 @@
 //! `Context`; pure functions compute the desired Kubernetes objects from a
 //! spec (see [`cluster::objects`]), so that only `reconcile` does I/O.
 
+pub mod admission;
 pub mod backup;
 pub mod cluster;
 pub mod controller;

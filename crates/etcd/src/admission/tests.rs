@@ -1,0 +1,424 @@
+use std::path::PathBuf;
+
+use bosun_runtime::webhook::review::answer as review_answer;
+use kube::core::admission::AdmissionReview;
+use serde_json::{Value, json};
+
+use super::*;
+
+fn policy() -> StoragePolicy {
+    StoragePolicy {
+        file_dirs: vec![PathBuf::from("/var/lib/bosun/backups")],
+        ambient_credentials: false,
+    }
+}
+
+fn review(kind: &str, operation: &str, object: Option<Value>, old: Option<Value>) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "4f2a0c1e-0000-4000-8000-000000000001",
+            "kind": {"group": "etcd.bosun.dev", "version": "v1alpha1", "kind": kind},
+            "resource": {"group": "etcd.bosun.dev", "version": "v1alpha1", "resource": format!("{}s", kind.to_lowercase())},
+            "name": "main",
+            "namespace": "tenant",
+            "operation": operation,
+            "userInfo": {"username": "alice"},
+            "object": object,
+            "oldObject": old,
+            "dryRun": false,
+        }
+    })
+}
+
+fn request<K>(
+    kind: &str,
+    operation: &str,
+    object: Option<Value>,
+    old: Option<Value>,
+) -> AdmissionRequest<K>
+where
+    K: Resource + serde::de::DeserializeOwned,
+{
+    let review: AdmissionReview<K> =
+        serde_json::from_value(review(kind, operation, object, old)).expect("a review");
+    review.try_into().expect("a request")
+}
+
+fn cluster(spec: Value) -> Value {
+    json!({
+        "apiVersion": "etcd.bosun.dev/v1alpha1",
+        "kind": "EtcdCluster",
+        "metadata": {"name": "main", "namespace": "tenant"},
+        "spec": spec,
+    })
+}
+
+fn judge_cluster(operation: &str, new: Option<Value>, old: Option<Value>) -> AdmissionResponse {
+    validate_cluster(
+        &policy(),
+        &request::<EtcdCluster>("EtcdCluster", operation, new, old),
+    )
+}
+
+fn denial(response: &AdmissionResponse) -> &str {
+    assert!(!response.allowed, "allowed: {response:?}");
+    &response.result.message
+}
+
+#[test]
+fn a_valid_cluster_is_admitted_on_create() {
+    let response = judge_cluster(
+        "CREATE",
+        Some(cluster(json!({"size": 3, "version": "3.6.16"}))),
+        None,
+    );
+    assert!(response.allowed, "{response:?}");
+    assert_eq!(response.uid, "4f2a0c1e-0000-4000-8000-000000000001");
+    assert_eq!(response.warnings, None);
+}
+
+#[test]
+fn a_cluster_the_schema_lets_through_is_refused_on_create_with_the_field_and_the_way_out() {
+    // The schema's pattern allows any number of digits; no volume is that big.
+    let response = judge_cluster(
+        "CREATE",
+        Some(cluster(
+            json!({"storage": {"size": "99999999999999999999Ei"}}),
+        )),
+        None,
+    );
+    let message = denial(&response);
+    assert!(message.starts_with("EtcdCluster refused: "), "{message}");
+    assert!(message.contains("spec.storage.size"), "{message}");
+    assert!(message.contains("such as 4Gi"), "{message}");
+
+    let response = judge_cluster(
+        "CREATE",
+        Some(cluster(
+            json!({"podTemplate": {"env": [{"name": "ETCD_QUOTA_BACKEND_BYTES", "value": "1"}]}}),
+        )),
+        None,
+    );
+    let message = denial(&response);
+    assert!(
+        message.contains("spec.podTemplate.env[0].name"),
+        "{message}"
+    );
+    assert!(message.contains("spec.etcdOptions"), "{message}");
+}
+
+#[test]
+fn every_wrong_field_is_named_in_the_one_message() {
+    let response = judge_cluster(
+        "CREATE",
+        Some(cluster(json!({
+            "size": 0,
+            "storage": {"size": "0"},
+        }))),
+        None,
+    );
+    let message = denial(&response);
+    assert!(message.contains("spec.size"), "{message}");
+    assert!(message.contains("spec.storage.size"), "{message}");
+}
+
+#[test]
+fn an_update_is_judged_on_its_transition_from_the_old_object() {
+    let old = cluster(json!({"version": "3.6.16"}));
+    // emptyDir cannot change under running members; no CEL rule says so.
+    let response = judge_cluster(
+        "UPDATE",
+        Some(cluster(
+            json!({"version": "3.6.16", "storage": {"emptyDir": true}}),
+        )),
+        Some(old.clone()),
+    );
+    let message = denial(&response);
+    assert!(message.contains("spec.storage.emptyDir"), "{message}");
+    assert!(message.contains("immutable"), "{message}");
+
+    // A version change is judged by check_version_change.
+    for (to, says) in [
+        ("3.5.35", "goes down a minor version"),
+        ("3.8.0", "skips a minor version"),
+        ("4.0.0", "major version"),
+    ] {
+        let response = judge_cluster(
+            "UPDATE",
+            Some(cluster(json!({"version": to}))),
+            Some(old.clone()),
+        );
+        let message = denial(&response);
+        assert!(message.contains("spec.version"), "{to}: {message}");
+        assert!(message.contains(says), "{to}: {message}");
+    }
+    let response = judge_cluster(
+        "UPDATE",
+        Some(cluster(json!({"version": "3.7.3", "size": 5}))),
+        Some(old),
+    );
+    assert!(response.allowed, "{response:?}");
+}
+
+#[test]
+fn an_update_without_its_old_object_is_judged_as_the_new_spec_alone() {
+    let response = judge_cluster("UPDATE", Some(cluster(json!({"version": "3.5.35"}))), None);
+    assert!(response.allowed, "{response:?}");
+    let response = judge_cluster("UPDATE", Some(cluster(json!({"size": 12}))), None);
+    assert!(denial(&response).contains("spec.size"));
+}
+
+#[test]
+fn an_update_that_leaves_the_spec_alone_is_admitted_even_when_the_spec_is_invalid() {
+    // Stored before the webhook, or by a bosun with other rules: the
+    // controller must still be able to take its finalizer off, and the
+    // user to label it.
+    let invalid = json!({"podTemplate": {"env": [{"name": "ETCD_NAME", "value": "x"}]}});
+    let mut labelled = cluster(invalid.clone());
+    labelled["metadata"]["labels"] = json!({"team": "a"});
+    let response = judge_cluster("UPDATE", Some(labelled), Some(cluster(invalid)));
+    assert!(response.allowed, "{response:?}");
+}
+
+#[test]
+fn deletions_are_never_refused() {
+    let invalid = cluster(json!({"size": 0}));
+    let response = judge_cluster("DELETE", None, Some(invalid));
+    assert!(response.allowed, "{response:?}");
+    let response = judge_cluster("DELETE", None, None);
+    assert!(response.allowed, "{response:?}");
+}
+
+#[test]
+fn a_create_without_an_object_is_refused_with_a_reason() {
+    let response = judge_cluster("CREATE", None, None);
+    let message = denial(&response);
+    assert!(message.contains("carries no object"), "{message}");
+    assert!(message.contains("EtcdCluster"), "{message}");
+}
+
+#[test]
+fn a_malformed_object_gets_a_denied_review_with_the_uid() {
+    // What the server does before the handler runs: an object the type
+    // cannot hold never reaches it, and the user reads why.
+    let body = review(
+        "EtcdCluster",
+        "CREATE",
+        Some(cluster(json!({"size": "three"}))),
+        None,
+    );
+    let handler = |r: &AdmissionRequest<EtcdCluster>| validate_cluster(&policy(), r);
+    let answer = review_answer(&serde_json::to_vec(&body).expect("json"), &handler);
+    let review: Value = serde_json::from_slice(&answer.body()).expect("a JSON review");
+    assert_eq!(review["response"]["allowed"], json!(false), "{review}");
+    assert_eq!(
+        review["response"]["uid"],
+        json!("4f2a0c1e-0000-4000-8000-000000000001")
+    );
+    let message = review["response"]["status"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(!message.is_empty(), "{review}");
+}
+
+#[test]
+fn a_version_without_a_shipped_image_is_admitted_with_a_warning() {
+    let response = judge_cluster("CREATE", Some(cluster(json!({"version": "3.6.0"}))), None);
+    assert!(response.allowed, "{response:?}");
+    let warnings = response.warnings.expect("a warning");
+    assert!(
+        warnings[0].contains("ships no image for 3.6.0"),
+        "{warnings:?}"
+    );
+    // With an image repository of the user's own, the user knows best.
+    let response = judge_cluster(
+        "CREATE",
+        Some(cluster(
+            json!({"version": "3.6.0", "image": "registry.example.com/etcd"}),
+        )),
+        None,
+    );
+    assert_eq!(response.warnings, None);
+}
+
+#[test]
+fn a_bootstrap_restore_from_a_file_outside_the_backup_dirs_is_refused() {
+    let response = judge_cluster(
+        "CREATE",
+        Some(cluster(
+            json!({"bootstrap": {"restore": {"source": {"location": {"url": "file:///etc/passwd"}}}}}),
+        )),
+        None,
+    );
+    let message = denial(&response);
+    assert!(
+        message.contains("spec.bootstrap.restore.source.location.url"),
+        "{message}"
+    );
+    assert!(message.contains("/var/lib/bosun/backups"), "{message}");
+}
+
+fn backup(spec: Value) -> Value {
+    json!({
+        "apiVersion": "etcd.bosun.dev/v1alpha1",
+        "kind": "EtcdBackup",
+        "metadata": {"name": "nightly", "namespace": "tenant"},
+        "spec": spec,
+    })
+}
+
+fn judge_backup(
+    policy: &StoragePolicy,
+    operation: &str,
+    new: Option<Value>,
+    old: Option<Value>,
+) -> AdmissionResponse {
+    validate_backup(
+        policy,
+        &request::<EtcdBackup>("EtcdBackup", operation, new, old),
+    )
+}
+
+#[test]
+fn backups_are_judged_by_the_spec_rules_and_the_operators_storage_policy() {
+    let file =
+        |path: &str| backup(json!({"clusterName": "main", "storage": {"file": {"path": path}}}));
+    let response = judge_backup(
+        &policy(),
+        "CREATE",
+        Some(file("/var/lib/bosun/backups/main")),
+        None,
+    );
+    assert!(response.allowed, "{response:?}");
+
+    let response = judge_backup(&policy(), "CREATE", Some(file("/etc")), None);
+    let message = denial(&response);
+    assert!(
+        message.starts_with("EtcdBackup refused: spec.storage: "),
+        "{message}"
+    );
+    assert!(message.contains("/var/lib/bosun/backups"), "{message}");
+
+    // Ambient credentials only where the operator lends them.
+    let s3 = backup(json!({"clusterName": "main", "storage": {"s3": {"bucket": "backups"}}}));
+    let response = judge_backup(&policy(), "CREATE", Some(s3.clone()), None);
+    assert!(denial(&response).contains("credentialsSecret"));
+    let lending = StoragePolicy {
+        ambient_credentials: true,
+        ..policy()
+    };
+    let response = judge_backup(&lending, "CREATE", Some(s3), None);
+    assert!(response.allowed, "{response:?}");
+
+    let response = judge_backup(
+        &policy(),
+        "CREATE",
+        Some(backup(
+            json!({"clusterName": "main", "schedule": "every day", "storage": {"file": {"path": "/var/lib/bosun/backups/x"}}}),
+        )),
+        None,
+    );
+    assert!(denial(&response).contains("spec.schedule"));
+}
+
+#[test]
+fn a_backup_update_that_leaves_the_spec_alone_is_admitted() {
+    let stored =
+        backup(json!({"clusterName": "main", "storage": {"file": {"path": "/elsewhere"}}}));
+    let response = judge_backup(&policy(), "UPDATE", Some(stored.clone()), Some(stored));
+    assert!(response.allowed, "{response:?}");
+}
+
+fn restore(source: Value) -> Value {
+    json!({
+        "apiVersion": "etcd.bosun.dev/v1alpha1",
+        "kind": "EtcdRestore",
+        "metadata": {"name": "back", "namespace": "tenant"},
+        "spec": {"clusterName": "main", "source": source},
+    })
+}
+
+fn judge_restore(operation: &str, new: Option<Value>) -> AdmissionResponse {
+    validate_restore(
+        &policy(),
+        &request::<EtcdRestore>("EtcdRestore", operation, new, None),
+    )
+}
+
+#[test]
+fn restores_are_judged_by_the_spec_rules_and_the_operators_storage_policy() {
+    let response = judge_restore(
+        "CREATE",
+        Some(restore(json!({"backup": {"name": "nightly"}}))),
+    );
+    assert!(response.allowed, "{response:?}");
+    let response = judge_restore(
+        "CREATE",
+        Some(restore(
+            json!({"location": {"url": "file:///var/lib/bosun/backups/main/1.db"}}),
+        )),
+    );
+    assert!(response.allowed, "{response:?}");
+
+    let response = judge_restore(
+        "CREATE",
+        Some(restore(
+            json!({"location": {"url": "file:///var/lib/other/1.db"}}),
+        )),
+    );
+    let message = denial(&response);
+    assert!(message.contains("spec.source.location.url"), "{message}");
+
+    let response = judge_restore(
+        "CREATE",
+        Some(restore(json!({"backup": {"name": "nightly", "index": -1}}))),
+    );
+    assert!(denial(&response).contains("spec.source.backup.index"));
+    let response = judge_restore("DELETE", None);
+    assert!(response.allowed);
+}
+
+#[test]
+fn the_configuration_fails_closed_for_the_three_kinds_and_carries_no_ca_bundle() {
+    let endpoint = Endpoint::Service {
+        namespace: "bosun-system".into(),
+        name: "bosun-operator-webhook".into(),
+        port: 443,
+    };
+    let hooks = configurations("bosun-system", endpoint).expect("etcd.bosun.dev is ownable");
+    let validating = hooks.validating();
+    assert_eq!(
+        validating.metadata.name.as_deref(),
+        Some(CONFIGURATION_NAME)
+    );
+    let webhooks = validating.webhooks.expect("webhooks");
+    let paths: Vec<String> = webhooks
+        .iter()
+        .filter_map(|w| w.client_config.service.as_ref()?.path.clone())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/validate-etcd-bosun-dev-v1alpha1-etcdcluster",
+            "/validate-etcd-bosun-dev-v1alpha1-etcdbackup",
+            "/validate-etcd-bosun-dev-v1alpha1-etcdrestore",
+        ]
+    );
+    for webhook in &webhooks {
+        assert_eq!(
+            webhook.failure_policy.as_deref(),
+            Some("Fail"),
+            "{}",
+            webhook.name
+        );
+        assert_eq!(webhook.client_config.ca_bundle, None, "{}", webhook.name);
+    }
+    assert_eq!(hooks.mutating().webhooks.unwrap_or_default().len(), 0);
+    // The server answers at every path the configuration sends calls to.
+    let server = server(policy());
+    for path in &paths {
+        assert!(server.paths().contains(&path.as_str()), "{path}");
+    }
+}
