@@ -1,9 +1,10 @@
 //! `bosun operator`: runs bosun's controllers against the cluster of a
 //! kubeconfig (or the in-cluster config) under one manager, until SIGTERM or
 //! Ctrl-C: with leader election on a Lease when several replicas run, and
-//! `/healthz`, `/readyz` and `/metrics` on one HTTP listener.
+//! `/healthz`, `/readyz` and `/metrics` on one HTTP listener, and the etcd
+//! API's admission webhooks over HTTPS on every replica.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use bosun_etcd::controller::{Scope, Settings};
 use bosun_etcd::telemetry::{EtcdMetrics, Telemetry};
 use bosun_runtime::leader_election::ElectionConfig;
 use bosun_runtime::manager::Manager;
+use bosun_runtime::webhook::{DEFAULT_PORT, WebhookCertificates};
 use clap::Args;
 
 use crate::leader_elector::parse_duration;
@@ -69,6 +71,39 @@ pub struct OperatorArgs {
     /// Where /healthz, /readyz and /metrics are served.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Serve the etcd API's admission webhooks [default: true in a pod,
+    /// false elsewhere: the API server reaches the webhooks through the
+    /// operator's Service, never a laptop].
+    #[arg(long, value_name = "BOOL")]
+    webhooks: Option<bool>,
+    /// The port the webhooks are served on (HTTPS, every address).
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_PORT)]
+    webhook_port: u16,
+    /// The namespace of the webhook Service and certificate Secret
+    /// [default: $POD_NAMESPACE, else bosun-system].
+    #[arg(long, value_name = "NAMESPACE")]
+    webhook_namespace: Option<String>,
+    /// The Service the API server calls the webhooks through: the names of
+    /// the self-managed serving certificate.
+    #[arg(long, value_name = "NAME", default_value = bosun_etcd::admission::DEFAULT_SERVICE)]
+    webhook_service: String,
+    /// The Secret holding the webhooks' certificate (tls.crt, tls.key,
+    /// ca.crt). The Lease holder creates and rotates it, and writes its CA
+    /// into the webhook configuration's caBundle, unless
+    /// --webhook-secret-provided says someone else does.
+    #[arg(long, value_name = "NAME", default_value = bosun_etcd::admission::DEFAULT_SECRET)]
+    webhook_secret: String,
+    /// The webhook Secret is kept by someone else (cert-manager, an
+    /// administrator), who also fills the configuration's caBundle: the
+    /// operator only serves and reloads it, and never writes either.
+    #[arg(long)]
+    webhook_secret_provided: bool,
+}
+
+/// Whether this process runs in a pod: the kubelet sets this variable in
+/// every container.
+fn in_cluster() -> bool {
+    std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
 }
 
 /// This replica's identity in the election: the pod's name in a pod (unique
@@ -130,10 +165,61 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
             let (client, settings, telemetry) = (client.clone(), settings.clone(), Telemetry::new(&metrics, "etcdbackup", &etcd));
             move |stop| bosun_etcd::backup::reconcile::run(client, settings, stop, telemetry)
         });
+        let settings_storage = settings.storage.clone();
         manager.add_controller("etcdrestore", {
-            let telemetry = Telemetry::new(&metrics, "etcdrestore", &etcd);
+            let (client, telemetry) = (client.clone(), Telemetry::new(&metrics, "etcdrestore", &etcd));
             move |stop| bosun_etcd::restore::reconcile::run(client, settings, stop, telemetry)
         });
+
+        let webhook_stop = CancellationToken::new();
+        let webhooks = if args.webhooks.unwrap_or_else(in_cluster) {
+            let namespace = args
+                .webhook_namespace
+                .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                .unwrap_or_else(|| "bosun-system".to_string());
+            let names = bosun_etcd::admission::configuration_names();
+            let certificates = if args.webhook_secret_provided {
+                WebhookCertificates::provided(client.clone(), &namespace, &args.webhook_secret, names)
+            } else {
+                WebhookCertificates::self_managed(
+                    client.clone(),
+                    &namespace,
+                    &args.webhook_secret,
+                    &args.webhook_service,
+                    names,
+                )
+            };
+            // Not ready until the served certificate's CA is in the
+            // caBundle: the Service sends the API server only to replicas
+            // it will trust.
+            certificates.register_readiness(manager.health());
+            // Only the Lease holder writes the Secret and the caBundle, so
+            // that replicas never race each other with CAs of their own.
+            if let Some(writer) = certificates.leader_writer() {
+                manager.add_controller("webhook-certificates", move |stop| writer.run(stop));
+            }
+            let address = SocketAddr::from((Ipv4Addr::UNSPECIFIED, args.webhook_port));
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("listening for webhooks on {address}"))?;
+            let server = bosun_etcd::admission::server(settings_storage.clone())
+                .with_metrics(manager.metrics());
+            let replica = tokio::spawn(certificates.clone().run_replica(webhook_stop.clone()));
+            let serving = certificates.serving();
+            let stop = webhook_stop.clone();
+            let serve = tokio::spawn(async move {
+                // Without a server the replica never reports ready, which
+                // the Deployment shows; the log says why.
+                if let Err(error) = server.serve(listener, serving, stop).await {
+                    tracing::error!(%error, "the webhook server stopped");
+                }
+            });
+            tracing::info!(%address, secret = %args.webhook_secret, provided = args.webhook_secret_provided, "serving the etcd admission webhooks");
+            Some((replica, serve))
+        } else {
+            tracing::info!("admission webhooks off (--webhooks=false, or not in a pod)");
+            None
+        };
 
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -160,6 +246,12 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
             args.listen
         );
         let result = manager.run(shutdown).await;
+        // The webhooks answer until the controllers have stopped: a
+        // replica going away still admits what is in flight.
+        webhook_stop.cancel();
+        if let Some((replica, serve)) = webhooks {
+            let _ = tokio::join!(replica, serve);
+        }
         http_stop.cancel();
         let _ = http.await;
         result.context("the operator stopped")

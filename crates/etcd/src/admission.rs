@@ -35,6 +35,13 @@ pub const CONFIGURATION_NAME: &str = "bosun-etcd";
 /// The suffix of every webhook's name in the configuration.
 pub const WEBHOOK_DOMAIN: &str = "etcd.bosun.dev";
 
+/// The Service the API server calls the webhooks through, as installed;
+/// the self-managed serving certificate carries its names.
+pub const DEFAULT_SERVICE: &str = "bosun-operator-webhook";
+
+/// The Secret that holds the webhooks' certificate, as installed.
+pub const DEFAULT_SECRET: &str = "bosun-operator-webhook-tls";
+
 /// The configurations whose `caBundle`s the certificates are published to
 /// and read back from for readiness.
 pub fn configuration_names() -> ConfigurationNames {
