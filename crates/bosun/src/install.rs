@@ -4,11 +4,15 @@
 //! The manifests are `deploy/` itself, compiled into the binary, so that
 //! the binary installs exactly what the repository tests. `install` applies
 //! them with server-side apply in dependency order: the namespace, the CRDs
-//! (and waits until the API server serves them), RBAC, then the metrics
-//! Service and the Deployment (and waits for its rollout). `--dry-run` asks
-//! the API server to check every object without storing any. `uninstall`
-//! deletes in the reverse order, the Deployment first so that no operator
-//! acts while its permissions go.
+//! (and waits until the API server serves them), RBAC, the metrics and
+//! webhook Services, the etcd API's ValidatingWebhookConfiguration (without
+//! a `caBundle`: the operator's Lease holder writes that field, and the
+//! installer never touches it), then the Deployment (and waits for its
+//! rollout). `--dry-run` asks the API server to check every object without
+//! storing any. `uninstall` deletes the webhook configuration first, so
+//! that nothing is refused for want of an operator, then the rest in the
+//! reverse order, the Deployment first so that no operator acts while its
+//! permissions go.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -93,6 +97,30 @@ const EMBEDDED: &[(&str, &str)] = &[
     (
         "deploy/operator/metrics-service.yaml",
         include_str!("../../../deploy/operator/metrics-service.yaml"),
+    ),
+    (
+        "deploy/operator/webhook-role.yaml",
+        include_str!("../../../deploy/operator/webhook-role.yaml"),
+    ),
+    (
+        "deploy/operator/webhook-role-binding.yaml",
+        include_str!("../../../deploy/operator/webhook-role-binding.yaml"),
+    ),
+    (
+        "deploy/operator/webhook-cluster-role.yaml",
+        include_str!("../../../deploy/operator/webhook-cluster-role.yaml"),
+    ),
+    (
+        "deploy/operator/webhook-cluster-role-binding.yaml",
+        include_str!("../../../deploy/operator/webhook-cluster-role-binding.yaml"),
+    ),
+    (
+        "deploy/operator/webhook-service.yaml",
+        include_str!("../../../deploy/operator/webhook-service.yaml"),
+    ),
+    (
+        "deploy/operator/webhook-configuration.yaml",
+        include_str!("../../../deploy/operator/webhook-configuration.yaml"),
     ),
     (
         "deploy/operator/deployment.yaml",
@@ -194,7 +222,11 @@ fn stage(kind: &str) -> Option<u8> {
         "Role" => 5,
         "RoleBinding" => 6,
         "Service" => 7,
-        "Deployment" => 8,
+        // Before the operator: its replicas are ready only once the
+        // configuration carries their CA, and the Lease holder writes the
+        // CA only into a configuration that exists.
+        "ValidatingWebhookConfiguration" => 8,
+        "Deployment" => 9,
         _ => return None,
     })
 }
@@ -283,12 +315,16 @@ fn install_plan(overrides: &Overrides) -> anyhow::Result<Vec<Manifest>> {
     Ok(manifests)
 }
 
-/// The objects to delete, in order: the reverse of the install, without
-/// the CRDs when they are kept.
+/// The objects to delete, in order: the webhook configurations first (with
+/// `failurePolicy: Fail` and no operator to answer, one left behind would
+/// refuse every EtcdCluster, EtcdBackup and EtcdRestore), then the reverse
+/// of the install, without the CRDs when they are kept.
 fn uninstall_plan(keep_crds: bool) -> anyhow::Result<Vec<Manifest>> {
     let mut manifests = embedded()?;
     manifests.reverse();
     manifests.retain(|m| !(keep_crds && m.kind() == "CustomResourceDefinition"));
+    // A stable sort: the rest keeps its reverse order.
+    manifests.sort_by_key(|m| m.kind() != "ValidatingWebhookConfiguration");
     Ok(manifests)
 }
 
@@ -656,10 +692,16 @@ mod tests {
                 "CustomResourceDefinition",
                 "ServiceAccount",
                 "ClusterRole",
+                "ClusterRole",
+                "ClusterRoleBinding",
                 "ClusterRoleBinding",
                 "Role",
+                "Role",
+                "RoleBinding",
                 "RoleBinding",
                 "Service",
+                "Service",
+                "ValidatingWebhookConfiguration",
                 "Deployment",
             ]
         );
@@ -683,7 +725,11 @@ mod tests {
         for manifest in embedded().expect("the manifests parse") {
             let cluster_scoped = matches!(
                 manifest.kind(),
-                "Namespace" | "CustomResourceDefinition" | "ClusterRole" | "ClusterRoleBinding"
+                "Namespace"
+                    | "CustomResourceDefinition"
+                    | "ClusterRole"
+                    | "ClusterRoleBinding"
+                    | "ValidatingWebhookConfiguration"
             );
             let expected = (!cluster_scoped).then(|| NAMESPACE.to_string());
             assert_eq!(
@@ -702,13 +748,24 @@ mod tests {
             .map(str::to_string)
             .collect::<Vec<_>>();
         install.reverse();
+        install.retain(|k| k != "ValidatingWebhookConfiguration");
+        install.insert(0, "ValidatingWebhookConfiguration".to_string());
         let all = uninstall_plan(false).expect("plan");
         assert_eq!(kinds(&all), install);
-        assert_eq!(all.first().map(Manifest::kind), Some("Deployment"));
+        // The webhook configuration goes first: with failurePolicy Fail and
+        // no operator, it would refuse every object of bosun's kinds.
+        assert_eq!(
+            kinds(&all)[..2],
+            ["ValidatingWebhookConfiguration", "Deployment"]
+        );
         assert_eq!(all.last().map(Manifest::kind), Some("Namespace"));
 
         let kept = uninstall_plan(true).expect("plan");
         assert!(!kinds(&kept).contains(&"CustomResourceDefinition"));
+        assert_eq!(
+            kept.first().map(Manifest::kind),
+            Some("ValidatingWebhookConfiguration")
+        );
         assert_eq!(kept.len(), all.len() - 3);
     }
 
@@ -828,6 +885,80 @@ mod tests {
         );
         assert!(absolute_dir("relative/dir").is_err());
         assert!(absolute_dir("/").is_err());
+    }
+
+    /// The generated webhook configuration, by its path in the repository.
+    const WEBHOOK_CONFIGURATION_FILE: &str = "deploy/operator/webhook-configuration.yaml";
+
+    /// What the generated webhook configuration file opens with.
+    const WEBHOOK_CONFIGURATION_HEADER: &str = concat!(
+        "# Generated from bosun_etcd::admission::configurations (the install tests'\n",
+        "# `webhook_configuration`); a test of bosun install fails when the two differ.\n",
+        "# No caBundle: the operator's Lease holder writes it, and the installer must\n",
+        "# not take the field back.\n",
+    );
+
+    /// The etcd API's ValidatingWebhookConfiguration as `deploy/` holds it: the
+    /// runtime's safe defaults, calls through the operator's webhook Service,
+    /// and no `caBundle` (see the module's comment).
+    fn webhook_configuration() -> anyhow::Result<String> {
+        use bosun_runtime::webhook::Endpoint;
+        let endpoint = Endpoint::Service {
+            namespace: NAMESPACE.into(),
+            name: bosun_etcd::admission::DEFAULT_SERVICE.into(),
+            port: 443,
+        };
+        let configuration =
+            bosun_etcd::admission::configurations(NAMESPACE, endpoint)?.validating();
+        let mut value = serde_json::to_value(&configuration)?;
+        value["metadata"]["labels"] = serde_json::json!({
+            APP_LABEL.0: APP_LABEL.1,
+            "app.kubernetes.io/part-of": "bosun",
+        });
+        let yaml = serde_yaml_ng::to_string(&value)?;
+        Ok(format!("{WEBHOOK_CONFIGURATION_HEADER}{yaml}"))
+    }
+
+    /// `BOSUN_WRITE_DEPLOY=1` rewrites the file from the code instead.
+    #[test]
+    fn the_webhook_configuration_in_deploy_is_what_the_code_builds() {
+        let generated = webhook_configuration().expect("the configuration builds");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(WEBHOOK_CONFIGURATION_FILE);
+        if std::env::var_os("BOSUN_WRITE_DEPLOY").is_some() {
+            std::fs::write(&path, &generated).expect("writing the configuration");
+        }
+        let committed = std::fs::read_to_string(&path).expect("the file is there");
+        assert!(
+            committed == generated,
+            "{WEBHOOK_CONFIGURATION_FILE} is stale: run `BOSUN_WRITE_DEPLOY=1 cargo test -p bosun \
+             --bin bosun the_webhook_configuration`; the code builds:\n{generated}"
+        );
+        // What the installer applies must leave caBundle to the operator,
+        // and fail closed for bosun's own kinds only.
+        let plan = install_plan(&Overrides::default()).expect("plan");
+        let manifest = plan
+            .iter()
+            .find(|m| m.kind() == "ValidatingWebhookConfiguration")
+            .expect("the webhook configuration is installed");
+        let configuration: k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration =
+            serde_json::from_value(serde_json::to_value(&manifest.object).expect("json"))
+                .expect("a ValidatingWebhookConfiguration");
+        let webhooks = configuration.webhooks.expect("webhooks");
+        assert_eq!(webhooks.len(), 3);
+        for webhook in webhooks {
+            assert_eq!(webhook.client_config.ca_bundle, None, "{}", webhook.name);
+            assert_eq!(webhook.failure_policy.as_deref(), Some("Fail"));
+            let service = webhook.client_config.service.expect("a Service");
+            assert_eq!(
+                (service.namespace.as_str(), service.name.as_str()),
+                (NAMESPACE, bosun_etcd::admission::DEFAULT_SERVICE)
+            );
+            for rule in webhook.rules.unwrap_or_default() {
+                assert_eq!(rule.api_groups, Some(vec!["etcd.bosun.dev".to_string()]));
+            }
+        }
     }
 
     #[test]

@@ -134,6 +134,51 @@ const LEADER_ELECTION_ROLE: &[(&str, &str, &str)] = &[
     ("coordination.k8s.io", "leases", "update"),
 ];
 
+/// What every replica does with the webhooks' certificate Secret in its own
+/// namespace, on that Secret only (except create).
+const WEBHOOK_ROLE: &[(&str, &str, &str)] = &[
+    // runtime webhook/reload.rs `watch_secret`: watcher::watch_object, a
+    // list and a watch with the field selector metadata.name=<the Secret>.
+    ("", "secrets", "list"),
+    ("", "secrets", "watch"),
+    // webhook/self_managed.rs `step` (the Lease holder): secrets.get_opt,
+    // then create when there is none, or replace over the version read.
+    ("", "secrets", "get"),
+    ("", "secrets", "create"),
+    ("", "secrets", "update"),
+];
+
+/// What the operator does with the etcd API's webhook configuration, by name.
+const WEBHOOK_CLUSTER_ROLE: &[(&str, &str, &str)] = &[
+    // runtime webhook/published.rs `read_published` (every replica, for
+    // readiness) and `publish`: validating.get_opt(name).
+    (
+        "admissionregistration.k8s.io",
+        "validatingwebhookconfigurations",
+        "get",
+    ),
+    // published.rs `publish` (the Lease holder): validating.patch(Patch::Apply)
+    // of the caBundle; a configuration that is not there is skipped, never
+    // created.
+    (
+        "admissionregistration.k8s.io",
+        "validatingwebhookconfigurations",
+        "patch",
+    ),
+];
+
+/// The webhook configuration and Secret `bosun operator` uses by default.
+const WEBHOOK_CONFIGURATION: &str = "bosun-etcd";
+const WEBHOOK_SECRET: &str = "bosun-operator-webhook-tls";
+
+/// Types the runtime builds an `Api` of that bosun's operator never calls,
+/// and why.
+const NEVER_CALLED: &[(&str, &str)] = &[(
+    "MutatingWebhookConfiguration",
+    "runtime webhook/published.rs reads and writes only the configurations it \
+     is given by name, and the etcd API has no mutating webhook",
+)];
+
 /// The Lease `bosun operator` elects on by default.
 const LEASE: &str = "bosun-operator";
 
@@ -160,6 +205,11 @@ const KNOWN_TYPES: &[(&str, &str, &str)] = &[
     ("PodDisruptionBudget", "policy", "poddisruptionbudgets"),
     ("Secret", "", "secrets"),
     ("Lease", "coordination.k8s.io", "leases"),
+    (
+        "ValidatingWebhookConfiguration",
+        "admissionregistration.k8s.io",
+        "validatingwebhookconfigurations",
+    ),
 ];
 
 type Grant = (String, String, String);
@@ -263,6 +313,44 @@ fn the_leader_election_role_grants_the_lease_and_nothing_else() {
     }
 }
 
+/// Every rule names the one object it is for, except create, which RBAC
+/// cannot limit to a name.
+fn assert_named(rules: &[PolicyRule], name: &str) {
+    for rule in rules {
+        let names = rule.resource_names.clone().unwrap_or_default();
+        if rule.verbs == ["create"] {
+            assert!(
+                names.is_empty(),
+                "create cannot be limited by name: {rule:?}"
+            );
+        } else {
+            assert_eq!(names, [name], "{rule:?}");
+        }
+    }
+}
+
+#[test]
+fn the_webhook_roles_grant_the_secret_and_the_configuration_by_name() {
+    let role: Role = manifest("webhook-role.yaml");
+    assert_eq!(role.metadata.namespace.as_deref(), Some("bosun-system"));
+    let rules = role.rules.expect("rules");
+    assert_same(
+        "deploy/operator/webhook-role.yaml",
+        &granted(&rules),
+        &grants(WEBHOOK_ROLE),
+    );
+    assert_named(&rules, WEBHOOK_SECRET);
+
+    let role: ClusterRole = manifest("webhook-cluster-role.yaml");
+    let rules = role.rules.expect("rules");
+    assert_same(
+        "deploy/operator/webhook-cluster-role.yaml",
+        &granted(&rules),
+        &grants(WEBHOOK_CLUSTER_ROLE),
+    );
+    assert_named(&rules, WEBHOOK_CONFIGURATION);
+}
+
 #[test]
 fn both_roles_go_to_the_service_account_the_deployment_runs_as() {
     let account: ServiceAccount = manifest("service-account.yaml");
@@ -294,12 +382,28 @@ fn both_roles_go_to_the_service_account_the_deployment_runs_as() {
     );
     assert_eq!(subject(binding.subjects), expected);
 
-    let binding: RoleBinding = manifest("leader-election-role-binding.yaml");
-    let role: Role = manifest("leader-election-role.yaml");
-    assert_eq!(binding.metadata.namespace, role.metadata.namespace);
+    for (binding, role) in [
+        (
+            "leader-election-role-binding.yaml",
+            "leader-election-role.yaml",
+        ),
+        ("webhook-role-binding.yaml", "webhook-role.yaml"),
+    ] {
+        let binding: RoleBinding = manifest(binding);
+        let role: Role = manifest(role);
+        assert_eq!(binding.metadata.namespace, role.metadata.namespace);
+        assert_eq!(
+            (binding.role_ref.kind.as_str(), Some(&binding.role_ref.name)),
+            ("Role", role.metadata.name.as_ref())
+        );
+        assert_eq!(subject(binding.subjects), expected);
+    }
+
+    let binding: ClusterRoleBinding = manifest("webhook-cluster-role-binding.yaml");
+    let role: ClusterRole = manifest("webhook-cluster-role.yaml");
     assert_eq!(
         (binding.role_ref.kind.as_str(), Some(&binding.role_ref.name)),
-        ("Role", role.metadata.name.as_ref())
+        ("ClusterRole", role.metadata.name.as_ref())
     );
     assert_eq!(subject(binding.subjects), expected);
 }
@@ -342,12 +446,17 @@ fn the_tables_know_every_kubernetes_type_the_operator_code_uses() {
     let tables: BTreeSet<(String, String)> = CLUSTER_ROLE
         .iter()
         .chain(LEADER_ELECTION_ROLE)
+        .chain(WEBHOOK_ROLE)
+        .chain(WEBHOOK_CLUSTER_ROLE)
         .map(|(g, r, _)| (g.to_string(), r.to_string()))
         .collect();
     let mut used = BTreeSet::new();
     for file in &files {
         let text = std::fs::read_to_string(file).expect("a source file");
         for name in api_types(&text) {
+            if NEVER_CALLED.iter().any(|(t, _)| *t == name) {
+                continue;
+            }
             let Some((_, group, resource)) = KNOWN_TYPES.iter().find(|(t, _, _)| *t == name) else {
                 panic!(
                     "{} builds an Api<{name}>: add what it does with it to the tables of \
@@ -396,6 +505,12 @@ async fn every_manifest_of_deploy_passes_the_api_servers_dry_run() {
         "role.rbac.authorization.k8s.io/bosun-operator-leader-election",
         "rolebinding.rbac.authorization.k8s.io/bosun-operator-leader-election",
         "service/bosun-operator-metrics",
+        "role.rbac.authorization.k8s.io/bosun-operator-webhook",
+        "rolebinding.rbac.authorization.k8s.io/bosun-operator-webhook",
+        "clusterrole.rbac.authorization.k8s.io/bosun-operator-webhook",
+        "clusterrolebinding.rbac.authorization.k8s.io/bosun-operator-webhook",
+        "service/bosun-operator-webhook",
+        "validatingwebhookconfiguration.admissionregistration.k8s.io/bosun-etcd",
         "deployment.apps/bosun-operator",
     ] {
         assert!(
