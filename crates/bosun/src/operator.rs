@@ -165,7 +165,7 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
             let (client, settings, telemetry) = (client.clone(), settings.clone(), Telemetry::new(&metrics, "etcdbackup", &etcd));
             move |stop| bosun_etcd::backup::reconcile::run(client, settings, stop, telemetry)
         });
-        let settings_storage = settings.storage.clone();
+        let (storage, scope) = (settings.storage.clone(), settings.scope.clone());
         manager.add_controller("etcdrestore", {
             let (client, telemetry) = (client.clone(), Telemetry::new(&metrics, "etcdrestore", &etcd));
             move |stop| bosun_etcd::restore::reconcile::run(client, settings, stop, telemetry)
@@ -202,8 +202,13 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .with_context(|| format!("listening for webhooks on {address}"))?;
-            let server = bosun_etcd::admission::server(settings_storage.clone())
-                .with_metrics(manager.metrics());
+            // Restores and backups the handlers look up, read from caches
+            // (the watches run on every replica, as the server does).
+            let (lookups, watch) =
+                bosun_etcd::admission::Lookups::watch(&client, &scope, webhook_stop.clone());
+            let lookups_watch = tokio::spawn(watch);
+            let judge = bosun_etcd::admission::Judge { policy: storage, scope, lookups };
+            let server = bosun_etcd::admission::server(judge).with_metrics(manager.metrics());
             let replica = tokio::spawn(certificates.clone().run_replica(webhook_stop.clone()));
             let serving = certificates.serving();
             let stop = webhook_stop.clone();
@@ -215,7 +220,7 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
                 }
             });
             tracing::info!(%address, secret = %args.webhook_secret, provided = args.webhook_secret_provided, "serving the etcd admission webhooks");
-            Some((replica, serve))
+            Some((replica, serve, lookups_watch))
         } else {
             tracing::info!("admission webhooks off (--webhooks=false, or not in a pod)");
             None
@@ -249,8 +254,8 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
         // The webhooks answer until the controllers have stopped: a
         // replica going away still admits what is in flight.
         webhook_stop.cancel();
-        if let Some((replica, serve)) = webhooks {
-            let _ = tokio::join!(replica, serve);
+        if let Some((replica, serve, lookups_watch)) = webhooks {
+            let _ = tokio::join!(replica, serve, lookups_watch);
         }
         http_stop.cancel();
         let _ = http.await;

@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use bosun_runtime::webhook::review::answer as review_answer;
 use kube::core::admission::AdmissionReview;
+use kube::runtime::watcher::Event;
 use serde_json::{Value, json};
 
 use super::*;
@@ -11,6 +12,40 @@ fn policy() -> StoragePolicy {
         file_dirs: vec![PathBuf::from("/var/lib/bosun/backups")],
         ambient_credentials: false,
     }
+}
+
+/// A cache that has listed `objects`, as a watch's first list fills it.
+fn listed<K>(objects: Vec<Value>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + 'static,
+{
+    let (store, mut writer) = reflector::store();
+    writer.apply_watcher_event(&Event::Init);
+    for object in objects {
+        let object: K = serde_json::from_value(object).expect("an object of the cached kind");
+        writer.apply_watcher_event(&Event::InitApply(object));
+    }
+    writer.apply_watcher_event(&Event::InitDone);
+    store
+}
+
+/// The operator of every namespace with [`policy`], knowing these
+/// EtcdRestores and EtcdBackups.
+fn judge_knowing(restores: Vec<Value>, backups: Vec<Value>) -> Judge {
+    Judge {
+        policy: policy(),
+        scope: Scope::All,
+        lookups: Lookups {
+            restores: listed(restores),
+            backups: listed(backups),
+        },
+    }
+}
+
+/// The operator of every namespace with [`policy`], in a namespace
+/// without restores or backups.
+fn judge() -> Judge {
+    judge_knowing(vec![], vec![])
 }
 
 fn review(kind: &str, operation: &str, object: Option<Value>, old: Option<Value>) -> Value {
@@ -57,7 +92,7 @@ fn cluster(spec: Value) -> Value {
 
 fn judge_cluster(operation: &str, new: Option<Value>, old: Option<Value>) -> AdmissionResponse {
     validate_cluster(
-        &policy(),
+        &judge(),
         &request::<EtcdCluster>("EtcdCluster", operation, new, old),
     )
 }
@@ -209,7 +244,7 @@ fn a_malformed_object_gets_a_denied_review_with_the_uid() {
         Some(cluster(json!({"size": "three"}))),
         None,
     );
-    let handler = |r: &AdmissionRequest<EtcdCluster>| validate_cluster(&policy(), r);
+    let handler = |r: &AdmissionRequest<EtcdCluster>| validate_cluster(&judge(), r);
     let answer = review_answer(&serde_json::to_vec(&body).expect("json"), &handler);
     let review: Value = serde_json::from_slice(&answer.body()).expect("a JSON review");
     assert_eq!(review["response"]["allowed"], json!(false), "{review}");
@@ -224,14 +259,24 @@ fn a_malformed_object_gets_a_denied_review_with_the_uid() {
 }
 
 #[test]
-fn a_version_without_a_shipped_image_is_admitted_with_a_warning() {
+fn a_version_without_a_shipped_image_is_refused_unless_the_spec_names_an_image() {
     let response = judge_cluster("CREATE", Some(cluster(json!({"version": "3.6.0"}))), None);
-    assert!(response.allowed, "{response:?}");
-    let warnings = response.warnings.expect("a warning");
+    let message = denial(&response);
     assert!(
-        warnings[0].contains("ships no image for 3.6.0"),
-        "{warnings:?}"
+        message.contains("spec.version: this bosun ships no etcd image for 3.6.0"),
+        "{message}"
     );
+    for shipped in SHIPPED_ETCD_VERSIONS {
+        assert!(message.contains(shipped), "{message}");
+    }
+    assert!(message.contains("spec.image"), "{message}");
+    // An upgrade to it too.
+    let response = judge_cluster(
+        "UPDATE",
+        Some(cluster(json!({"version": "3.6.0"}))),
+        Some(cluster(json!({"version": "3.5.35"}))),
+    );
+    assert!(denial(&response).contains("spec.version"));
     // With an image repository of the user's own, the user knows best.
     let response = judge_cluster(
         "CREATE",
@@ -240,7 +285,14 @@ fn a_version_without_a_shipped_image_is_admitted_with_a_warning() {
         )),
         None,
     );
-    assert_eq!(response.warnings, None);
+    assert!(response.allowed, "{response:?}");
+    // A cluster stored with such a version (by another bosun) still scales.
+    let response = judge_cluster(
+        "UPDATE",
+        Some(cluster(json!({"version": "3.6.0", "size": 3}))),
+        Some(cluster(json!({"version": "3.6.0", "size": 1}))),
+    );
+    assert!(response.allowed, "{response:?}");
 }
 
 #[test]
@@ -270,13 +322,13 @@ fn backup(spec: Value) -> Value {
 }
 
 fn judge_backup(
-    policy: &StoragePolicy,
+    judge: &Judge,
     operation: &str,
     new: Option<Value>,
     old: Option<Value>,
 ) -> AdmissionResponse {
     validate_backup(
-        policy,
+        judge,
         &request::<EtcdBackup>("EtcdBackup", operation, new, old),
     )
 }
@@ -286,14 +338,14 @@ fn backups_are_judged_by_the_spec_rules_and_the_operators_storage_policy() {
     let file =
         |path: &str| backup(json!({"clusterName": "main", "storage": {"file": {"path": path}}}));
     let response = judge_backup(
-        &policy(),
+        &judge(),
         "CREATE",
         Some(file("/var/lib/bosun/backups/main")),
         None,
     );
     assert!(response.allowed, "{response:?}");
 
-    let response = judge_backup(&policy(), "CREATE", Some(file("/etc")), None);
+    let response = judge_backup(&judge(), "CREATE", Some(file("/etc")), None);
     let message = denial(&response);
     assert!(
         message.starts_with("EtcdBackup refused: spec.storage: "),
@@ -303,17 +355,20 @@ fn backups_are_judged_by_the_spec_rules_and_the_operators_storage_policy() {
 
     // Ambient credentials only where the operator lends them.
     let s3 = backup(json!({"clusterName": "main", "storage": {"s3": {"bucket": "backups"}}}));
-    let response = judge_backup(&policy(), "CREATE", Some(s3.clone()), None);
+    let response = judge_backup(&judge(), "CREATE", Some(s3.clone()), None);
     assert!(denial(&response).contains("credentialsSecret"));
-    let lending = StoragePolicy {
-        ambient_credentials: true,
-        ..policy()
+    let lending = Judge {
+        policy: StoragePolicy {
+            ambient_credentials: true,
+            ..policy()
+        },
+        ..judge()
     };
     let response = judge_backup(&lending, "CREATE", Some(s3), None);
     assert!(response.allowed, "{response:?}");
 
     let response = judge_backup(
-        &policy(),
+        &judge(),
         "CREATE",
         Some(backup(
             json!({"clusterName": "main", "schedule": "every day", "storage": {"file": {"path": "/var/lib/bosun/backups/x"}}}),
@@ -327,7 +382,7 @@ fn backups_are_judged_by_the_spec_rules_and_the_operators_storage_policy() {
 fn a_backup_update_that_leaves_the_spec_alone_is_admitted() {
     let stored =
         backup(json!({"clusterName": "main", "storage": {"file": {"path": "/elsewhere"}}}));
-    let response = judge_backup(&policy(), "UPDATE", Some(stored.clone()), Some(stored));
+    let response = judge_backup(&judge(), "UPDATE", Some(stored.clone()), Some(stored));
     assert!(response.allowed, "{response:?}");
 }
 
@@ -342,9 +397,38 @@ fn restore(source: Value) -> Value {
 
 fn judge_restore(operation: &str, new: Option<Value>) -> AdmissionResponse {
     validate_restore(
-        &policy(),
+        &judge_knowing(vec![], vec![nightly(1)]),
         &request::<EtcdRestore>("EtcdRestore", operation, new, None),
     )
+}
+
+/// EtcdBackup `nightly` in namespace `tenant`, with `records` recorded
+/// backups.
+fn nightly(records: usize) -> Value {
+    let record = json!({
+        "location": "s3://backups/main/1.db", "revision": 10, "sizeBytes": 20480,
+        "sha256": "00", "startTime": "2026-01-01T00:00:00Z",
+        "completionTime": "2026-01-01T00:00:05Z",
+    });
+    json!({
+        "apiVersion": "etcd.bosun.dev/v1alpha1",
+        "kind": "EtcdBackup",
+        "metadata": {"name": "nightly", "namespace": "tenant"},
+        "spec": {"clusterName": "main", "storage": {"s3": {"bucket": "backups", "credentialsSecret": "s3"}}},
+        "status": {"backups": vec![record; records]},
+    })
+}
+
+/// EtcdRestore `name` of cluster `main` in namespace `tenant`, with this
+/// status.
+fn restore_with(name: &str, uid: &str, status: Value) -> Value {
+    json!({
+        "apiVersion": "etcd.bosun.dev/v1alpha1",
+        "kind": "EtcdRestore",
+        "metadata": {"name": name, "namespace": "tenant", "uid": uid},
+        "spec": {"clusterName": "main", "source": {"backup": {"name": "nightly"}}},
+        "status": status,
+    })
 }
 
 #[test]
@@ -378,6 +462,203 @@ fn restores_are_judged_by_the_spec_rules_and_the_operators_storage_policy() {
     assert!(denial(&response).contains("spec.source.backup.index"));
     let response = judge_restore("DELETE", None);
     assert!(response.allowed);
+}
+
+#[test]
+fn a_restore_names_a_backup_record_that_exists() {
+    let response = judge_restore(
+        "CREATE",
+        Some(restore(json!({"backup": {"name": "nightly", "index": 1}}))),
+    );
+    let message = denial(&response);
+    assert!(
+        message.contains(
+            "spec.source.backup.index: EtcdBackup nightly has 1 recorded backup(s); index 1 does not exist (0 is the newest, 0 the oldest)"
+        ),
+        "{message}"
+    );
+    let response = judge_restore(
+        "CREATE",
+        Some(restore(json!({"backup": {"name": "weekly"}}))),
+    );
+    let message = denial(&response);
+    assert!(
+        message.contains(
+            "spec.source.backup.name: EtcdBackup weekly does not exist in namespace tenant"
+        ),
+        "{message}"
+    );
+    let judge = judge_knowing(vec![], vec![nightly(0)]);
+    let response = validate_restore(
+        &judge,
+        &request::<EtcdRestore>(
+            "EtcdRestore",
+            "CREATE",
+            Some(restore(json!({"backup": {"name": "nightly"}}))),
+            None,
+        ),
+    );
+    assert!(denial(&response).contains("has 0 recorded backup(s)"));
+}
+
+#[test]
+fn a_second_restore_of_a_cluster_is_refused_while_one_is_in_flight() {
+    let create = |judge: &Judge| {
+        validate_restore(
+            judge,
+            &request::<EtcdRestore>(
+                "EtcdRestore",
+                "CREATE",
+                Some(restore(json!({"backup": {"name": "nightly"}}))),
+                None,
+            ),
+        )
+    };
+    for status in [
+        json!(null),
+        json!({"phase": "Pending"}),
+        json!({"phase": "Running"}),
+    ] {
+        let judge = judge_knowing(
+            vec![restore_with("earlier", "u1", status.clone())],
+            vec![nightly(1)],
+        );
+        let message = create(&judge).result.message;
+        assert!(
+            message.contains("spec.clusterName: EtcdCluster main already has a restore in flight, EtcdRestore earlier"),
+            "{status}: {message}"
+        );
+        assert!(message.contains("Succeeded or Failed"), "{message}");
+    }
+    // Finished ones, and ones of other clusters, leave the way open.
+    for status in [json!({"phase": "Succeeded"}), json!({"phase": "Failed"})] {
+        let judge = judge_knowing(
+            vec![restore_with("earlier", "u1", status)],
+            vec![nightly(1)],
+        );
+        let response = create(&judge);
+        assert!(response.allowed, "{response:?}");
+    }
+    let mut other = restore_with("other", "u2", json!({"phase": "Running"}));
+    other["spec"]["clusterName"] = json!("other");
+    let response = create(&judge_knowing(vec![other], vec![nightly(1)]));
+    assert!(response.allowed, "{response:?}");
+}
+
+/// Cluster `main` as stored while EtcdRestore `back` (uid u1) restores it.
+fn marked_cluster(spec: Value) -> Value {
+    let mut stored = cluster(spec);
+    stored["metadata"]["annotations"] = json!({objects::RESTORE_ANNOTATION: "back/u1"});
+    stored
+}
+
+#[test]
+fn a_cluster_being_restored_keeps_its_size_and_version_until_the_restore_ends() {
+    let pinned = json!({"phase": "Running", "pinned": {"location": {"url": "s3://backups/main/1.db"}, "size": 20480}});
+    let restoring = judge_knowing(vec![restore_with("back", "u1", pinned)], vec![nightly(1)]);
+    let update = |judge: &Judge, new: Value| {
+        validate_cluster(
+            judge,
+            &request::<EtcdCluster>(
+                "EtcdCluster",
+                "UPDATE",
+                Some(marked_cluster(new)),
+                Some(marked_cluster(json!({"size": 3, "version": "3.5.35"}))),
+            ),
+        )
+    };
+    let response = update(&restoring, json!({"size": 5, "version": "3.6.16"}));
+    let message = denial(&response);
+    assert!(
+        message.contains("spec.size: EtcdCluster main is being restored by EtcdRestore back, and its size stays 3 until that restore has finished"),
+        "{message}"
+    );
+    assert!(
+        message.contains("spec.version: EtcdCluster main is being restored by EtcdRestore back, and its version stays 3.5.35 until"),
+        "{message}"
+    );
+    // Other changes go through (pausing, for one).
+    let response = update(
+        &restoring,
+        json!({"size": 3, "version": "3.5.35", "paused": true}),
+    );
+    assert!(response.allowed, "{response:?}");
+    // A stale mark (the restore finished, or is another of the same name)
+    // holds nothing up.
+    for (uid, status) in [
+        (
+            "u1",
+            json!({"phase": "Succeeded", "pinned": {"location": {"url": "s3://b/k"}, "size": 1}}),
+        ),
+        (
+            "u9",
+            json!({"phase": "Running", "pinned": {"location": {"url": "s3://b/k"}, "size": 1}}),
+        ),
+    ] {
+        let stale = judge_knowing(vec![restore_with("back", uid, status)], vec![]);
+        let response = update(&stale, json!({"size": 5, "version": "3.5.35"}));
+        assert!(response.allowed, "{uid}: {response:?}");
+    }
+    let response = update(&judge(), json!({"size": 5, "version": "3.5.35"}));
+    assert!(response.allowed, "{response:?}");
+}
+
+#[test]
+fn checks_across_objects_wait_for_the_caches() {
+    let (restores, _restores_writer) = reflector::store();
+    let (backups, _backups_writer) = reflector::store();
+    let judge = Judge {
+        lookups: Lookups { restores, backups },
+        ..judge()
+    };
+    let response = validate_restore(
+        &judge,
+        &request::<EtcdRestore>(
+            "EtcdRestore",
+            "CREATE",
+            Some(restore(json!({"backup": {"name": "weekly"}}))),
+            None,
+        ),
+    );
+    assert!(response.allowed, "{response:?}");
+}
+
+#[test]
+fn another_operators_namespace_is_judged_by_the_spec_rules_only() {
+    let elsewhere = Judge {
+        scope: Scope::Namespace("other".into()),
+        ..judge()
+    };
+    let outside = backup(json!({"clusterName": "main", "storage": {"file": {"path": "/etc"}}}));
+    let response = judge_backup(&elsewhere, "CREATE", Some(outside), None);
+    assert!(response.allowed, "{response:?}");
+    let response = validate_restore(
+        &elsewhere,
+        &request::<EtcdRestore>(
+            "EtcdRestore",
+            "CREATE",
+            Some(restore(json!({"backup": {"name": "weekly"}}))),
+            None,
+        ),
+    );
+    assert!(response.allowed, "{response:?}");
+    // The spec's own rules hold everywhere.
+    let response = validate_cluster(
+        &elsewhere,
+        &request::<EtcdCluster>(
+            "EtcdCluster",
+            "CREATE",
+            Some(cluster(json!({"version": "3.6.0"}))),
+            None,
+        ),
+    );
+    assert!(denial(&response).contains("spec.version"));
+    let mine = Judge {
+        scope: Scope::Namespace("tenant".into()),
+        ..judge()
+    };
+    let outside = backup(json!({"clusterName": "main", "storage": {"file": {"path": "/etc"}}}));
+    assert!(!judge_backup(&mine, "CREATE", Some(outside), None).allowed);
 }
 
 #[test]
@@ -417,7 +698,7 @@ fn the_configuration_fails_closed_for_the_three_kinds_and_carries_no_ca_bundle()
     }
     assert_eq!(hooks.mutating().webhooks.unwrap_or_default().len(), 0);
     // The server answers at every path the configuration sends calls to.
-    let server = server(policy());
+    let server = server(judge());
     for path in &paths {
         assert!(server.paths().contains(&path.as_str()), "{path}");
     }

@@ -268,13 +268,19 @@ pub async fn reconcile(restore: Arc<EtcdRestore>, ctx: Arc<Context>) -> Result<A
 /// Anything else named by a cluster's mark is stale and wipes nothing.
 pub fn live_pin<'a>(restore: &'a EtcdRestore, uid: &str) -> Option<&'a PinnedSnapshot> {
     let status = restore.status.as_ref()?;
-    let finished = matches!(
-        status.phase,
-        Some(RestorePhase::Succeeded | RestorePhase::Failed)
-    );
-    (restore.uid().as_deref() == Some(uid) && !finished)
+    (restore.uid().as_deref() == Some(uid) && !finished(restore))
         .then_some(status.pinned.as_ref())
         .flatten()
+}
+
+/// Whether a restore has ended, one way or the other: nothing more will
+/// be done for it. Until then it is in flight, and a cluster takes one
+/// restore at a time.
+pub fn finished(restore: &EtcdRestore) -> bool {
+    matches!(
+        restore.status.as_ref().and_then(|s| s.phase.as_ref()),
+        Some(RestorePhase::Succeeded | RestorePhase::Failed)
+    )
 }
 
 /// Whether a cluster's restore mark names a live restore (see [`live_pin`]).

@@ -4,8 +4,8 @@
 //! there and whole.
 
 use bosun_api::EtcdBackup;
-use bosun_api::backup::BackupStorage;
-use bosun_api::restore::{RestoreSource, SnapshotLocation};
+use bosun_api::backup::{BackupRecord, BackupStorage};
+use bosun_api::restore::{BackupReference, RestoreSource, SnapshotLocation};
 use kube::{Api, Client};
 
 use crate::backup::digest::Summary;
@@ -112,21 +112,39 @@ async fn resolve_unchecked(
                 ),
             )
         })?;
-    let records = backup.status.map(|s| s.backups).unwrap_or_default();
-    let index = usize::try_from(reference.index.unwrap_or(0)).unwrap_or(usize::MAX);
-    let record = records.get(index).ok_or_else(|| {
-        SourceError::new(
-            SOURCE_UNAVAILABLE,
-            format!(
-                "EtcdBackup {} has {} recorded backup(s); index {index} does not exist (0 is the newest)",
-                reference.name,
-                records.len()
-            ),
-        )
-    })?;
+    let record = recorded_backup(&backup, reference)
+        .map_err(|message| SourceError::new(SOURCE_UNAVAILABLE, message))?;
     Ok(ResolvedSource {
         location: location_in(&backup.spec.storage, &record.location, &record.sha256),
         revision: Some(record.revision),
+    })
+}
+
+/// The record of `backup` that `reference` names (its index, 0 the
+/// newest); the error says how many there are. The restore controller
+/// resolves a source with it, and the admission webhook refuses an
+/// EtcdRestore with it.
+pub fn recorded_backup<'a>(
+    backup: &'a EtcdBackup,
+    reference: &BackupReference,
+) -> Result<&'a BackupRecord, String> {
+    let records = backup
+        .status
+        .as_ref()
+        .map(|s| s.backups.as_slice())
+        .unwrap_or_default();
+    let index = usize::try_from(reference.index.unwrap_or(0)).unwrap_or(usize::MAX);
+    records.get(index).ok_or_else(|| {
+        let index = reference.index.unwrap_or(0);
+        format!(
+            "EtcdBackup {} has {} recorded backup(s); index {index} does not exist (0 is the newest{})",
+            reference.name,
+            records.len(),
+            match records.len() {
+                0 => String::new(),
+                n => format!(", {} the oldest", n - 1),
+            }
+        )
     })
 }
 
