@@ -281,7 +281,25 @@ async fn the_deployment_runs_two_ready_standbys_while_another_holds_the_lease() 
         subject.namespace = Some(ns.name.clone());
     }
     create(client, &ns.name, binding).await;
-    create(client, &ns.name, manifest::<Deployment>("deployment.yaml")).await;
+    // Webhooks off: a replica serving them is ready only once the Lease
+    // holder has published its certificate's CA, and here no replica holds
+    // the Lease (the installed operator proves that readiness: `bosun dev
+    // up` waits for its rollout).
+    let mut deployment: Deployment = manifest("deployment.yaml");
+    for container in deployment
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .map(|s| s.containers.iter_mut())
+        .into_iter()
+        .flatten()
+    {
+        container
+            .args
+            .get_or_insert_with(Vec::new)
+            .push("--webhooks=false".into());
+    }
+    create(client, &ns.name, deployment).await;
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);

@@ -15,8 +15,9 @@ use bosun_devcluster::readiness::wait_until;
 use bosun_etcd::cluster::objects;
 use bosun_etcd::restore::member::REVISION_BUMP;
 use common::{
-    DEADLINE, POLL, UNCHANGED_WINDOW, assert_unchanged_for, backup_condition, count_keys,
-    etcd_client, member_pods, wait_for_backup_phase, wait_for_members,
+    DEADLINE, POLL, UNCHANGED_WINDOW, admission_webhooks_installed, assert_refused_at_admission,
+    assert_unchanged_for, backup_condition, count_keys, etcd_client, member_pods,
+    wait_for_backup_phase, wait_for_members,
 };
 use etcd_client::{Client as EtcdClient, GetOptions, Txn, TxnOp, WatchOptions};
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod, Secret};
@@ -726,20 +727,29 @@ async fn restores_pin_their_snapshot_one_at_a_time_and_stale_marks_wipe_nothing(
         )
         .await
         .expect("create backup");
-    // B, while A is in flight: refused, nothing touched.
-    restores
+    // B, while A is in flight: refused, nothing touched — by the API
+    // server where the admission webhooks are installed, else by the
+    // restore controller.
+    let b = restores
         .create(&PostParams::default(), &restore_of(&ns.name, "b", &source))
-        .await
-        .expect("create restore b");
-    let b = wait_for_restore_phase(&restores, "b", "Failed").await;
-    let refusal = b
-        .status
-        .expect("status")
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Failed")
-        .expect("Failed condition");
-    assert_eq!(refusal.reason, "RestoreInProgress", "{}", refusal.message);
+        .await;
+    if admission_webhooks_installed(&cluster).await {
+        assert_refused_at_admission(
+            b,
+            &["spec.clusterName: EtcdCluster db already has a restore in flight, EtcdRestore a"],
+        );
+    } else {
+        b.expect("create restore b");
+        let b = wait_for_restore_phase(&restores, "b", "Failed").await;
+        let refusal = b
+            .status
+            .expect("status")
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Failed")
+            .expect("Failed condition");
+        assert_eq!(refusal.reason, "RestoreInProgress", "{}", refusal.message);
+    }
     assert_unchanged_for(
         "the cluster's pods and volumes",
         &before,
@@ -816,8 +826,9 @@ async fn restores_pin_their_snapshot_one_at_a_time_and_stale_marks_wipe_nothing(
 /// directories (`file:///etc/hostname`: the node's root filesystem) and a
 /// backup to such a directory are refused, and so is an object store
 /// without a credentials Secret (it would use the operator's own
-/// identity) — each with its reason, nothing created, the cluster
-/// untouched. Judged from the API server.
+/// identity) — each with its reason (by the API server where the admission
+/// webhooks are installed, else in the object's status), nothing created,
+/// the cluster untouched. Judged from the API server.
 #[tokio::test]
 async fn file_locations_outside_the_backup_dirs_and_ambient_credentials_are_refused() {
     let cluster = TestCluster::connect().await;
@@ -827,6 +838,9 @@ async fn file_locations_outside_the_backup_dirs_and_ambient_credentials_are_refu
     let restores: Api<EtcdRestore> = Api::namespaced(cluster.client.clone(), &ns.name);
     create_db(&clusters, &ns.name, 1, None).await;
     let before = member_object_uids(&cluster, &ns.name).await;
+    // Where the admission webhooks are installed, the API server refuses
+    // each of these with the same reason; else the controllers do.
+    let webhooks = admission_webhooks_installed(&cluster).await;
 
     let refused_backups: [(&str, serde_json::Value); 2] = [
         (
@@ -845,10 +859,12 @@ async fn file_locations_outside_the_backup_dirs_and_ambient_credentials_are_refu
             "spec": {"clusterName": "db", "storage": storage},
         }))
         .expect("backup object");
-        backups
-            .create(&PostParams::default(), &backup)
-            .await
-            .expect("create backup");
+        let created = backups.create(&PostParams::default(), &backup).await;
+        if webhooks {
+            assert_refused_at_admission(created, &["spec.storage"]);
+            continue;
+        }
+        created.expect("create backup");
         let failed = wait_for_backup_phase(&backups, name, "Failed").await;
         let condition = backup_condition(&failed, "Failed").expect("Failed condition");
         assert_eq!(
@@ -863,26 +879,30 @@ async fn file_locations_outside_the_backup_dirs_and_ambient_credentials_are_refu
     );
 
     let outside = serde_json::json!({"location": {"url": "file:///etc/hostname"}});
-    restores
+    let created = restores
         .create(
             &PostParams::default(),
             &restore_of(&ns.name, "outside", &outside),
         )
-        .await
-        .expect("create restore");
-    let failed = wait_for_restore_phase(&restores, "outside", "Failed").await;
-    let condition = failed
-        .status
-        .expect("status")
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Failed")
-        .expect("Failed condition");
-    assert_eq!(
-        condition.reason, "RestoreSourceRefused",
-        "{}",
-        condition.message
-    );
+        .await;
+    if webhooks {
+        assert_refused_at_admission(created, &["spec.source.location.url"]);
+    } else {
+        created.expect("create restore");
+        let failed = wait_for_restore_phase(&restores, "outside", "Failed").await;
+        let condition = failed
+            .status
+            .expect("status")
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Failed")
+            .expect("Failed condition");
+        assert_eq!(
+            condition.reason, "RestoreSourceRefused",
+            "{}",
+            condition.message
+        );
+    }
     assert_unchanged_for(
         "the cluster's pods and volumes",
         &before,
@@ -899,12 +919,20 @@ async fn file_locations_outside_the_backup_dirs_and_ambient_credentials_are_refu
                  "bootstrap": {"restore": {"source": outside}}},
     }))
     .expect("cluster");
-    assert_seed_refused(
-        &cluster,
-        &clusters,
-        &ns.name,
-        &seeded,
-        "RestoreSourceRefused",
-    )
-    .await;
+    if webhooks {
+        assert_refused_at_admission(
+            clusters.create(&PostParams::default(), &seeded).await,
+            &["spec.bootstrap.restore.source.location.url"],
+        );
+        assert!(member_pods(&cluster, &ns.name, "seeded").await.is_empty());
+    } else {
+        assert_seed_refused(
+            &cluster,
+            &clusters,
+            &ns.name,
+            &seeded,
+            "RestoreSourceRefused",
+        )
+        .await;
+    }
 }

@@ -1,6 +1,7 @@
 //! What the operator refuses to do: nothing changes while `spec.paused` is
 //! set, nothing changes when the spec is invalid (a rule only the operator
-//! checks), and a version change that skips a minor version is refused —
+//! checks: refused by the API server where the admission webhooks are
+//! installed), and a version change that skips a minor version is refused —
 //! each reported in a condition with the message, and held over a window;
 //! and pods and volumes of other software that carry the same recommended
 //! labels are never taken for members.
@@ -13,8 +14,8 @@ use bosun_api::EtcdCluster;
 use bosun_devcluster::fixture::TestCluster;
 use bosun_devcluster::readiness::wait_until;
 use common::{
-    DEADLINE, POLL, UNCHANGED_WINDOW, assert_unchanged_for, is_ready, member_pods,
-    wait_for_condition, wait_for_members,
+    DEADLINE, POLL, UNCHANGED_WINDOW, admission_webhooks_installed, assert_refused_at_admission,
+    assert_unchanged_for, is_ready, member_pods, wait_for_condition, wait_for_members,
 };
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -67,29 +68,36 @@ async fn paused_invalid_and_skipping_specs_leave_the_running_cluster_alone() {
     .await;
 
     // Invalid (a rule of the operator's, not of the schema): ETCD_* variables.
-    api.patch(
-        "guarded",
-        &params,
-        &merge(serde_json::json!({"spec": {"paused": false, "podTemplate": {"env": [{"name": "ETCD_NAME", "value": "x"}]}}})),
-    )
-    .await
-    .expect("invalid patch is stored");
-    let message = wait_for_condition(&api, "guarded", "Degraded", "True", "InvalidSpec").await;
-    assert!(
-        message.contains("spec.podTemplate.env[0].name"),
-        "{message}"
-    );
-    let phase = api
-        .get("guarded")
-        .await
-        .expect("get")
-        .status
-        .and_then(|s| s.phase);
-    assert_eq!(phase, Some(bosun_api::cluster::ClusterPhase::Invalid));
-    assert_unchanged_for("the member pods", &pods_before, UNCHANGED_WINDOW, || {
-        pod_uids(&cluster, &ns.name, "guarded")
-    })
-    .await;
+    // Where the admission webhooks are installed the API server refuses it;
+    // where they are not, it is stored and the operator refuses to act.
+    let invalid = api
+        .patch(
+            "guarded",
+            &params,
+            &merge(serde_json::json!({"spec": {"paused": false, "podTemplate": {"env": [{"name": "ETCD_NAME", "value": "x"}]}}})),
+        )
+        .await;
+    if admission_webhooks_installed(&cluster).await {
+        assert_refused_at_admission(invalid, &["spec.podTemplate.env[0].name"]);
+    } else {
+        invalid.expect("invalid patch is stored");
+        let message = wait_for_condition(&api, "guarded", "Degraded", "True", "InvalidSpec").await;
+        assert!(
+            message.contains("spec.podTemplate.env[0].name"),
+            "{message}"
+        );
+        let phase = api
+            .get("guarded")
+            .await
+            .expect("get")
+            .status
+            .and_then(|s| s.phase);
+        assert_eq!(phase, Some(bosun_api::cluster::ClusterPhase::Invalid));
+        assert_unchanged_for("the member pods", &pods_before, UNCHANGED_WINDOW, || {
+            pod_uids(&cluster, &ns.name, "guarded")
+        })
+        .await;
+    }
 
     // Back to valid, size 1; then two minor versions ahead of what runs
     // (each spec step is one minor, as the schema demands, but the members

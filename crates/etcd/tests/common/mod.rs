@@ -277,3 +277,41 @@ pub async fn member_ids(etcd: &mut EtcdClient) -> Vec<u64> {
     ids.sort_unstable();
     ids
 }
+
+/// Whether the etcd API's admission webhooks are installed (`bosun dev up`
+/// installs them with the operator; `--operator host` and `none` do not).
+/// Where they are, the API server refuses what the controllers would
+/// otherwise report in a condition.
+pub async fn admission_webhooks_installed(cluster: &TestCluster) -> bool {
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    Api::<ValidatingWebhookConfiguration>::all(cluster.client.clone())
+        .get_opt(bosun_etcd::admission::CONFIGURATION_NAME)
+        .await
+        .expect("read the webhook configuration")
+        .is_some()
+}
+
+/// Asserts that the API server refused a write at admission, with a
+/// message holding every one of `needles`; returns the message.
+pub fn assert_refused_at_admission<T: Debug>(
+    result: Result<T, kube::Error>,
+    needles: &[&str],
+) -> String {
+    match result {
+        Err(kube::Error::Api(e)) => {
+            assert!(
+                e.message.contains("denied the request"),
+                "not an admission refusal: {e:?}"
+            );
+            for needle in needles {
+                assert!(
+                    e.message.contains(needle),
+                    "{needle:?} not in: {}",
+                    e.message
+                );
+            }
+            e.message
+        }
+        other => panic!("expected an admission refusal naming {needles:?}, got {other:?}"),
+    }
+}
