@@ -703,3 +703,110 @@ fn the_configuration_fails_closed_for_the_three_kinds_and_carries_no_ca_bundle()
         assert!(server.paths().contains(&path.as_str()), "{path}");
     }
 }
+
+mod generated {
+    //! The handlers over generated objects: whatever the spec and the
+    //! caches hold, they answer (never panic, which the server would turn
+    //! into a denial that says nothing), with the request's uid, and a
+    //! refusal always says why.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn version() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("3.5.35".to_string()),
+            Just("3.6.16".to_string()),
+            Just("3.7.3".to_string()),
+            "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}",
+            ".{0,12}",
+        ]
+    }
+
+    fn spec() -> impl Strategy<Value = Value> {
+        (
+            any::<i32>(),
+            version(),
+            proptest::option::of("[a-z./:0-9]{0,20}"),
+            proptest::option::of(".{0,16}"),
+            any::<bool>(),
+        )
+            .prop_map(|(size, version, image, storage, paused)| {
+                let mut spec = json!({"size": size, "version": version, "paused": paused});
+                if let Some(image) = image {
+                    spec["image"] = json!(image);
+                }
+                if let Some(storage) = storage {
+                    spec["storage"] = json!({"size": storage});
+                }
+                spec
+            })
+    }
+
+    fn mark() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(prop_oneof![Just("back/u1".to_string()), ".{0,12}"])
+    }
+
+    fn phase() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(json!(null)),
+            Just(json!({"phase": "Pending"})),
+            Just(
+                json!({"phase": "Running", "pinned": {"location": {"url": "s3://b/k"}, "size": 1}})
+            ),
+            Just(json!({"phase": "Succeeded"})),
+            Just(json!({"phase": "Failed"})),
+        ]
+    }
+
+    fn assert_answered(response: &AdmissionResponse) {
+        assert_eq!(response.uid, "4f2a0c1e-0000-4000-8000-000000000001");
+        if !response.allowed {
+            assert!(!response.result.message.is_empty(), "{response:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn cluster_updates_are_always_answered(
+            new in spec(),
+            old in proptest::option::of(spec()),
+            stored_mark in mark(),
+            status in phase(),
+            records in 0usize..3,
+        ) {
+            let judge = judge_knowing(vec![restore_with("back", "u1", status)], vec![nightly(records)]);
+            let old = old.map(|spec| {
+                let mut stored = cluster(spec);
+                if let Some(mark) = &stored_mark {
+                    stored["metadata"]["annotations"] = json!({objects::RESTORE_ANNOTATION: mark});
+                }
+                stored
+            });
+            let operation = if old.is_some() { "UPDATE" } else { "CREATE" };
+            let review = review("EtcdCluster", operation, Some(cluster(new)), old);
+            // Objects the type cannot hold are the server's to refuse.
+            if let Ok(review) = serde_json::from_value::<AdmissionReview<EtcdCluster>>(review) {
+                let request: AdmissionRequest<EtcdCluster> = review.try_into().expect("a request");
+                assert_answered(&validate_cluster(&judge, &request));
+            }
+        }
+
+        #[test]
+        fn restores_are_always_answered(
+            name in "[a-z]{0,8}",
+            index in any::<i32>(),
+            status in phase(),
+            records in 0usize..3,
+        ) {
+            let judge = judge_knowing(vec![restore_with("back", "u1", status)], vec![nightly(records)]);
+            let request = request::<EtcdRestore>(
+                "EtcdRestore",
+                "CREATE",
+                Some(restore(json!({"backup": {"name": name, "index": index}}))),
+                None,
+            );
+            assert_answered(&validate_restore(&judge, &request));
+        }
+    }
+}
