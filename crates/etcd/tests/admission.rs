@@ -135,7 +135,7 @@ async fn mistakes_are_refused_at_apply_with_the_field_and_what_is_allowed() {
                     "EtcdBackup",
                     &ns.name,
                     "ambient",
-                    json!({"clusterName": "db", "storage": {"s3": {"bucket": "b"}}}),
+                    json!({"clusterName": "db", "storage": {"s3": {"bucket": "backups"}}}),
                 ),
             )
             .await,
@@ -296,22 +296,27 @@ async fn scale(deployments: &Api<Deployment>, replicas: i32) {
 }
 
 /// Scales the operator back to `replicas` when dropped (also when the test
-/// fails), and waits until they are ready: the other tests need it.
+/// fails): the other tests need it. The test's runtime is blocked in the
+/// drop, so the scale runs on a thread of its own with its own runtime and
+/// client (the test's client runs on the test's runtime).
 struct ScaledBack {
-    deployments: Api<Deployment>,
+    kubeconfig: std::path::PathBuf,
     replicas: i32,
 }
 
 impl Drop for ScaledBack {
     fn drop(&mut self) {
-        let (deployments, replicas) = (self.deployments.clone(), self.replicas);
+        let (kubeconfig, replicas) = (self.kubeconfig.clone(), self.replicas);
         let outcome = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?;
             runtime.block_on(async move {
-                scale(&deployments, replicas).await;
+                let client = bosun_devcluster::cluster::client_from(&kubeconfig)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                scale(&Api::namespaced(client, OPERATOR_NAMESPACE), replicas).await;
                 Ok::<(), String>(())
             })
         })
@@ -344,7 +349,7 @@ async fn with_the_operator_scaled_to_zero_pods_are_created_and_etcd_objects_refu
     let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), OPERATOR_NAMESPACE);
     let replicas = operator_replicas(&deployments).await;
     let restore = ScaledBack {
-        deployments: deployments.clone(),
+        kubeconfig: cluster.kubeconfig.clone(),
         replicas,
     };
     scale(&deployments, 0).await;
