@@ -36,8 +36,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-// The operator's flags take it from here too.
-pub(crate) use crate::duration::parse_duration;
+use crate::duration::parse_duration;
 
 /// Options of `bosun leader-elector`.
 #[derive(Args, Debug)]

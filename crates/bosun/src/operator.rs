@@ -17,7 +17,7 @@ use bosun_runtime::manager::Manager;
 use bosun_runtime::webhook::{DEFAULT_PORT, WebhookCertificates};
 use clap::Args;
 
-use crate::leader_elector::parse_duration;
+use crate::duration::parse_duration;
 use tokio_util::sync::CancellationToken;
 
 /// Options of `bosun operator`.
