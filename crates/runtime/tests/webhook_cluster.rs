@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bosun_devcluster::fixture::TestCluster;
+use bosun_devcluster::readiness::wait_until;
 use bosun_runtime::metrics::Metrics;
 use bosun_runtime::webhook::certificate::{PemPair, generate_ca, issue_serving};
 use bosun_runtime::webhook::configuration::{
@@ -160,23 +161,19 @@ async fn probe(config_maps: &Api<ConfigMap>, n: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Polls `done` every 200 ms until it holds, through the cluster
+/// fixture's [`wait_until`]; panics with the last observation at `within`.
 async fn wait_for<F, Fut>(what: &str, within: Duration, mut done: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
-    let deadline = Instant::now() + within;
-    loop {
-        let last = done().await;
-        if last.is_ok() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {within:?}; last: {last:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until(what, within, Duration::from_millis(200), || {
+        let check = done();
+        async move { check.await.map(|()| true) }
+    })
+    .await
+    .unwrap_or_else(|timeout| panic!("{timeout}"));
 }
 
 async fn ca_subjects(client: &Client, names: &ConfigurationNames) -> Vec<Vec<Vec<u8>>> {
