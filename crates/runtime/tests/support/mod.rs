@@ -1,8 +1,11 @@
 //! What the runtime's integration tests share: a minimal HTTP/1.1 client
 //! for real requests on loopback, and a strict reader of the Prometheus text
-//! format that the tests check `/metrics` with.
+//! format that the tests check `/metrics` with; [`admission`] for the
+//! webhook tests against the dev cluster.
 
 #![allow(dead_code)] // each test file uses part of it
+
+pub mod admission;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
