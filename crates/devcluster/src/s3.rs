@@ -8,8 +8,8 @@
 //! to those credentials. It is idempotent: `bosun dev up` calls it on every
 //! start, and tests call it against a cluster that is already running.
 
+mod bucket;
 mod credentials;
-mod sigv4;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -261,19 +261,19 @@ async fn ensure_bucket(
     addr: SocketAddr,
     credentials: &Credentials,
 ) -> Result<(), ObjectStoreError> {
-    let host = match addr.ip() {
-        IpAddr::V6(ip) => format!("[{ip}]"),
-        IpAddr::V4(ip) => ip.to_string(),
+    let client = bucket::http_client().map_err(ObjectStoreError::Other)?;
+    let endpoint = format!("http://{addr}");
+    let send = |method| {
+        bucket::bucket_request(
+            &client,
+            &endpoint,
+            BUCKET,
+            method,
+            credentials,
+            REGION,
+            REQUEST_TIMEOUT,
+        )
     };
-    let path = format!("/{BUCKET}");
-    let request = |method| sigv4::Request {
-        method,
-        path: &path,
-        query: "",
-        host: &host,
-    };
-    let head = request("HEAD");
-    let put = request("PUT");
     // Right after the pod starts, S3 may answer 404 for a bucket (and for
     // its creation) before its filer is ready: both steps are retried
     // together until the bucket is there.
@@ -283,19 +283,19 @@ async fn ensure_bucket(
         Duration::from_secs(90),
         Duration::from_millis(250),
         || async {
-            let response = sigv4::send(addr, credentials, REGION, &head, REQUEST_TIMEOUT).await?;
+            let response = send(http::Method::HEAD).await?;
             match response.status {
                 200 => return Ok(true),
                 404 => {}
                 other => {
                     return Err(format!(
                         "HTTP {other} {}",
-                        response.error_code().unwrap_or_default()
+                        response.error_code.unwrap_or_default()
                     ));
                 }
             }
-            let created = sigv4::send(addr, credentials, REGION, &put, REQUEST_TIMEOUT).await?;
-            match (created.status, created.error_code()) {
+            let created = send(http::Method::PUT).await?;
+            match (created.status, created.error_code.as_deref()) {
                 (200, _) | (409, Some("BucketAlreadyOwnedByYou")) => {
                     tracing::info!(bucket = BUCKET, "bucket created");
                     Ok(true)
