@@ -6,6 +6,9 @@ use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{Name, RData, RecordType};
 use k8s_openapi::api::core::v1::{Node, ServiceAccount};
 use kube::{Api, Client};
 
@@ -85,115 +88,126 @@ pub async fn default_service_account(client: &Client) -> Result<bool, String> {
 
 /// Asks the DNS server at `server` for the A record of `name` and returns the
 /// addresses in the answer. A single query over UDP: this is a readiness
-/// probe, not a resolver, so it needs no resolver library.
+/// probe, not a resolver (no cache, no search list, no retry), so the
+/// message is built and read by hickory's protocol crate and sent here.
 pub async fn dns_lookup(
     server: Ipv4Addr,
     name: &str,
     timeout: Duration,
 ) -> Result<Vec<Ipv4Addr>, String> {
+    let query = a_query(name)?;
+    let bytes = query
+        .to_vec()
+        .map_err(|e| format!("encoding a query for {name}: {e}"))?;
     let socket = tokio::net::UdpSocket::bind("0.0.0.0:0")
         .await
         .map_err(|e| e.to_string())?;
-    let id: u16 = (std::process::id() & 0xffff) as u16;
-    let query = dns_query(id, name)?;
     socket
-        .send_to(&query, SocketAddr::from((server, 53)))
+        .connect(SocketAddr::from((server, 53)))
         .await
         .map_err(|e| e.to_string())?;
-    let mut buf = [0u8; 512];
+    socket.send(&bytes).await.map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 4096];
     let len = tokio::time::timeout(timeout, socket.recv(&mut buf))
         .await
         .map_err(|_| format!("no answer from {server} within {timeout:?}"))?
         .map_err(|e| e.to_string())?;
-    parse_a_records(&buf[..len], id)
+    a_records(&buf[..len], query.metadata.id)
 }
 
-/// A DNS query (RFC 1035 §4.1) for the A record of `name`, recursion desired.
-fn dns_query(id: u16, name: &str) -> Result<Vec<u8>, String> {
-    let mut q = Vec::with_capacity(64);
-    q.extend_from_slice(&id.to_be_bytes());
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.trim_end_matches('.').split('.') {
-        let len = u8::try_from(label.len())
-            .ok()
-            .filter(|l| (1..64).contains(l));
-        let len = len.ok_or_else(|| format!("{name:?} is not a DNS name"))?;
-        q.push(len);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    Ok(q)
+/// A query for the A record of `name`, recursion desired, with a random id.
+fn a_query(name: &str) -> Result<Message, String> {
+    let name = Name::from_ascii(name).map_err(|e| format!("{name:?} is not a DNS name: {e}"))?;
+    let mut query = Message::query();
+    query.metadata.recursion_desired = true;
+    query.add_query(Query::query(name, RecordType::A));
+    Ok(query)
 }
 
-/// The A records of a DNS response to query `id`; an error for a failure code.
-fn parse_a_records(msg: &[u8], id: u16) -> Result<Vec<Ipv4Addr>, String> {
-    let short = || "truncated DNS answer".to_string();
-    if msg.len() < 12 || u16::from_be_bytes([msg[0], msg[1]]) != id {
+/// The A records of a DNS answer to query `id`; an error for anything that
+/// is not a complete, successful answer to it.
+fn a_records(answer: &[u8], id: u16) -> Result<Vec<Ipv4Addr>, String> {
+    let message = Message::from_vec(answer).map_err(|e| format!("not a DNS message: {e}"))?;
+    if message.metadata.id != id || message.metadata.message_type != MessageType::Response {
         return Err("not an answer to our query".into());
     }
-    let rcode = msg[3] & 0x0f;
-    if rcode != 0 {
-        return Err(format!("DNS error code {rcode}"));
+    if message.metadata.truncation {
+        return Err("a truncated DNS answer".into());
     }
-    let questions = u16::from_be_bytes([msg[4], msg[5]]);
-    let answers = u16::from_be_bytes([msg[6], msg[7]]);
-    let mut pos = 12;
-    let skip_name = |mut pos: usize| -> Result<usize, String> {
-        loop {
-            let len = *msg.get(pos).ok_or_else(short)? as usize;
-            if len == 0 {
-                return Ok(pos + 1);
-            }
-            if len & 0xc0 == 0xc0 {
-                return Ok(pos + 2);
-            }
-            pos += len + 1;
-        }
-    };
-    for _ in 0..questions {
-        pos = skip_name(pos)? + 4;
+    if message.metadata.response_code != ResponseCode::NoError {
+        return Err(format!("DNS error {}", message.metadata.response_code));
     }
-    let mut found = vec![];
-    for _ in 0..answers {
-        pos = skip_name(pos)?;
-        let header = msg.get(pos..pos + 10).ok_or_else(short)?;
-        let rtype = u16::from_be_bytes([header[0], header[1]]);
-        let rdlen = u16::from_be_bytes([header[8], header[9]]) as usize;
-        let data = msg.get(pos + 10..pos + 10 + rdlen).ok_or_else(short)?;
-        if rtype == 1 && rdlen == 4 {
-            found.push(Ipv4Addr::new(data[0], data[1], data[2], data[3]));
-        }
-        pos += 10 + rdlen;
-    }
-    Ok(found)
+    Ok(message
+        .answers
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::A(A(address)) => Some(*address),
+            _ => None,
+        })
+        .collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hickory_proto::rr::Record;
 
-    #[test]
-    fn query_encodes_labels() {
-        let q = dns_query(7, "kubernetes.default.svc.cluster.local").expect("query");
-        assert_eq!(&q[..2], &[0, 7]);
-        assert_eq!(q[12], 10);
-        assert_eq!(&q[13..23], b"kubernetes");
-        assert!(dns_query(1, "bad..name").is_err());
+    fn answer_to(query: &Message, code: ResponseCode, addresses: &[Ipv4Addr]) -> Vec<u8> {
+        let mut answer = Message::response(query.metadata.id, query.metadata.op_code);
+        answer.metadata.response_code = code;
+        answer.add_queries(query.queries.clone());
+        for address in addresses {
+            answer.add_answer(Record::from_rdata(
+                query.queries[0].name().clone(),
+                5,
+                RData::A(A(*address)),
+            ));
+        }
+        answer.to_vec().expect("an answer encodes")
     }
 
     #[test]
-    fn parses_an_answer_with_a_compressed_name() {
-        let mut msg = dns_query(9, "a.b").expect("query");
-        msg[2] = 0x81;
-        msg[3] = 0x80;
-        msg[7] = 1; // one answer
-        msg.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 5, 0, 4, 10, 96, 0, 1]);
+    fn a_query_asks_for_the_a_record_with_recursion() {
+        let query = a_query("kubernetes.default.svc.cluster.local").expect("query");
+        let decoded = Message::from_vec(&query.to_vec().expect("encodes")).expect("decodes");
+        assert!(decoded.metadata.recursion_desired);
+        assert_eq!(decoded.queries.len(), 1);
+        assert_eq!(decoded.queries[0].query_type(), RecordType::A);
         assert_eq!(
-            parse_a_records(&msg, 9),
-            Ok(vec![Ipv4Addr::new(10, 96, 0, 1)])
+            decoded.queries[0].name().to_ascii(),
+            // On the wire every name is absolute.
+            "kubernetes.default.svc.cluster.local."
         );
-        assert!(parse_a_records(&msg, 8).is_err());
-        msg[3] = 0x83; // NXDOMAIN
-        assert_eq!(parse_a_records(&msg, 9), Err("DNS error code 3".into()));
+        assert!(a_query("bad..name").is_err());
+    }
+
+    #[test]
+    fn answers_are_read_only_when_they_answer_our_query_successfully() {
+        let query = a_query("a.b").expect("query");
+        let id = query.metadata.id;
+        let address = Ipv4Addr::new(10, 96, 0, 1);
+        let ok = answer_to(&query, ResponseCode::NoError, &[address]);
+        assert_eq!(a_records(&ok, id), Ok(vec![address]));
+        assert_eq!(
+            a_records(&ok, id.wrapping_add(1)),
+            Err("not an answer to our query".into())
+        );
+        let nxdomain = answer_to(&query, ResponseCode::NXDomain, &[]);
+        assert!(
+            a_records(&nxdomain, id)
+                .expect_err("NXDOMAIN is an error")
+                .contains("DNS error")
+        );
+        let mut truncated = Message::from_vec(&ok).expect("decodes");
+        truncated.metadata.truncation = true;
+        assert_eq!(
+            a_records(&truncated.to_vec().expect("encodes"), id),
+            Err("a truncated DNS answer".into())
+        );
+        assert!(a_records(b"garbage", id).is_err());
+        assert!(
+            a_records(&query.to_vec().expect("encodes"), id).is_err(),
+            "a query is no answer"
+        );
     }
 }

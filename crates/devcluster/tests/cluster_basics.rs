@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bosun_devcluster::components::NODE_NAME;
 use bosun_devcluster::fixture::TestCluster;
-use bosun_devcluster::readiness::{node_ready, wait_until};
+use bosun_devcluster::readiness::{dns_lookup, node_ready, wait_until};
 
 #[tokio::test]
 async fn node_is_ready_and_client_and_server_run_the_pinned_release() {
@@ -39,4 +39,48 @@ async fn node_is_ready_and_client_and_server_run_the_pinned_release() {
             version[side]
         );
     }
+}
+
+/// The readiness probe's DNS query, against the cluster's DNS Service: the
+/// API server's Service name resolves to its ClusterIP, as the API server
+/// reports it, and a name that does not exist is an error, not an empty
+/// answer.
+#[tokio::test]
+async fn cluster_dns_answers_the_probe_with_the_api_servers_cluster_ip() {
+    let cluster = TestCluster::connect().await;
+    let cluster_ip = |ns: &str, name: &str| {
+        cluster
+            .kubectl_ok(&[
+                "-n",
+                ns,
+                "get",
+                "service",
+                name,
+                "-o",
+                "jsonpath={.spec.clusterIP}",
+            ])
+            .trim()
+            .parse::<std::net::Ipv4Addr>()
+            .unwrap_or_else(|e| panic!("the ClusterIP of {ns}/{name}: {e}"))
+    };
+    let dns = cluster_ip("kube-system", "kube-dns");
+    let api = cluster_ip("default", "kubernetes");
+
+    let answer = dns_lookup(
+        dns,
+        "kubernetes.default.svc.cluster.local",
+        Duration::from_secs(2),
+    )
+    .await
+    .expect("cluster DNS answers");
+    assert_eq!(answer, [api]);
+
+    let missing = dns_lookup(
+        dns,
+        "no-such-service.default.svc.cluster.local",
+        Duration::from_secs(2),
+    )
+    .await
+    .expect_err("a name that does not exist");
+    assert!(missing.contains("DNS error"), "{missing}");
 }
