@@ -1,0 +1,22 @@
+//! The Memcached operator: the `cache.bosun.dev/v1alpha1` `Memcached`
+//! resource and its controller, built on bosun's runtime the way an
+//! operator-sdk tutorial builds one on controller-runtime, without the
+//! tutorial's faults (labels without the instance, a reconcile that only
+//! sets replicas, no Service).
+//!
+//! - [`api`]: the resource, its defaults and bounds (mirrored in the
+//!   schema), and [`api::crd`];
+//! - [`validation`]: the rules the schema cannot check, in one place, called
+//!   by the webhook and the controller;
+//! - [`objects`]: the StatefulSet, headless Service and PodDisruptionBudget
+//!   a Memcached owns, as pure functions of its spec.
+
+// kube's derive takes one `printcolumn(...)` per column with the same keys,
+// which clippy mistakes for repeated attributes.
+#![allow(clippy::duplicated_attributes)]
+
+pub mod api;
+pub mod objects;
+pub mod validation;
+
+pub use api::{Memcached, MemcachedSpec, MemcachedStatus, crd};
