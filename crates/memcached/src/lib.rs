@@ -9,7 +9,8 @@
 //! - [`validation`]: the rules the schema cannot check, in one place, called
 //!   by the webhook and the controller;
 //! - [`objects`]: the StatefulSet, headless Service and PodDisruptionBudget
-//!   a Memcached owns, as pure functions of its spec.
+//!   a Memcached owns, as pure functions of its spec;
+//! - [`status`]: the status computed from what is observed, pure.
 
 // kube's derive takes one `printcolumn(...)` per column with the same keys,
 // which clippy mistakes for repeated attributes.
@@ -17,6 +18,7 @@
 
 pub mod api;
 pub mod objects;
+pub mod status;
 pub mod validation;
 
 pub use api::{Memcached, MemcachedSpec, MemcachedStatus, crd};
