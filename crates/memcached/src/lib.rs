@@ -10,7 +10,9 @@
 //!   by the webhook and the controller;
 //! - [`objects`]: the StatefulSet, headless Service and PodDisruptionBudget
 //!   a Memcached owns, as pure functions of its spec;
-//! - [`status`]: the status computed from what is observed, pure.
+//! - [`status`]: the status computed from what is observed, pure;
+//! - [`reconcile`]: the controller that applies the objects and writes the
+//!   status, run under the runtime's manager.
 
 // kube's derive takes one `printcolumn(...)` per column with the same keys,
 // which clippy mistakes for repeated attributes.
@@ -18,6 +20,7 @@
 
 pub mod api;
 pub mod objects;
+pub mod reconcile;
 pub mod status;
 pub mod validation;
 
