@@ -12,12 +12,15 @@
 //!   a Memcached owns, as pure functions of its spec;
 //! - [`status`]: the status computed from what is observed, pure;
 //! - [`reconcile`]: the controller that applies the objects and writes the
-//!   status, run under the runtime's manager.
+//!   status, run under the runtime's manager;
+//! - [`admission`]: the defaulting and validating webhooks and their
+//!   configuration.
 
 // kube's derive takes one `printcolumn(...)` per column with the same keys,
 // which clippy mistakes for repeated attributes.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod admission;
 pub mod api;
 pub mod objects;
 pub mod reconcile;
