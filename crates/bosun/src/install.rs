@@ -3,33 +3,28 @@
 //!
 //! The manifests are `deploy/` itself, compiled into the binary, so that
 //! the binary installs exactly what the repository tests. `install` applies
-//! them with server-side apply in dependency order: the namespace, the CRDs
-//! (and waits until the API server serves them), RBAC, the metrics and
-//! webhook Services, the etcd API's ValidatingWebhookConfiguration (without
-//! a `caBundle`: the operator's Lease holder writes that field, and the
-//! installer never touches it), then the Deployment (and waits for its
-//! rollout). `--dry-run` asks the API server to check every object without
-//! storing any. `uninstall` deletes the webhook configuration first, so
-//! that nothing is refused for want of an operator, then the rest in the
-//! reverse order, the Deployment first so that no operator acts while its
+//! them with server-side apply (the runtime's `apply`, which bosun dev uses
+//! too) in dependency order: the namespace, the CRDs (and waits until the
+//! API server serves them), RBAC, the metrics and webhook Services, the
+//! etcd API's ValidatingWebhookConfiguration (without a `caBundle`: the
+//! operator's Lease holder writes that field, and the installer never
+//! touches it), then the Deployment (and waits for its rollout).
+//! `--dry-run` asks the API server to check every object without storing
+//! any. `uninstall` deletes the webhook configuration first, so that
+//! nothing is refused for want of an operator, then the rest in the reverse
+//! order, the Deployment first so that no operator acts while its
 //! permissions go.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use bosun_runtime::apply::{self, ApplyOptions, Deletion, Manifest, Progress};
 use clap::Args;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{
-    EnvVar, HostPathVolumeSource, Namespace, Pod, Volume, VolumeMount,
-};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{
-    Api, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
-    PropagationPolicy, ValidationDirective,
-};
-use kube::discovery::Scope;
-use kube::runtime::wait::{await_condition, conditions};
+use k8s_openapi::api::core::v1::{EnvVar, HostPathVolumeSource, Pod, Volume, VolumeMount};
+use kube::api::{Api, DeleteParams, ListParams, PropagationPolicy};
+use kube::runtime::wait::await_condition;
 use kube::{Client, ResourceExt};
 
 /// The field manager of every object `bosun install` applies.
@@ -49,8 +44,6 @@ const APP_LABEL: (&str, &str) = ("app.kubernetes.io/name", "bosun-operator");
 /// containers; the operator's own image.
 const IMAGE_ENV: &str = "BOSUN_IMAGE";
 
-/// How long the API server may take to serve new CRDs.
-const CRD_DEADLINE: Duration = Duration::from_secs(60);
 /// How long the operator's pods may take to become ready, image pull included.
 const ROLLOUT_DEADLINE: Duration = Duration::from_secs(180);
 /// How long the operator's pods may take to stop (their grace period is 30 s).
@@ -181,33 +174,6 @@ fn absolute_dir(text: &str) -> Result<PathBuf, String> {
     Ok(path)
 }
 
-/// One object of `deploy/`.
-#[derive(Clone, Debug)]
-struct Manifest {
-    /// The file it comes from, for messages.
-    source: &'static str,
-    gvk: GroupVersionKind,
-    object: DynamicObject,
-}
-
-impl Manifest {
-    fn kind(&self) -> &str {
-        &self.gvk.kind
-    }
-
-    fn name(&self) -> String {
-        self.object.name_any()
-    }
-
-    /// `kind name` or `kind namespace/name`, as progress shows it.
-    fn describe(&self) -> String {
-        match self.object.namespace() {
-            Some(ns) => format!("{} {ns}/{}", self.kind(), self.name()),
-            None => format!("{} {}", self.kind(), self.name()),
-        }
-    }
-}
-
 /// Where a kind goes in the install order: what others need comes first
 /// (the namespace holds the rest; a binding names its role and account;
 /// the operator needs all of it). Kinds not listed are refused, so that a
@@ -231,43 +197,14 @@ fn stage(kind: &str) -> Option<u8> {
     })
 }
 
-/// The objects of one YAML file (several documents, empty ones skipped).
-fn parse(source: &'static str, text: &str) -> anyhow::Result<Vec<Manifest>> {
-    let mut manifests = vec![];
-    for document in serde_yaml_ng::Deserializer::from_str(text) {
-        let value: serde_json::Value = serde::Deserialize::deserialize(document)
-            .with_context(|| format!("{source}: not YAML"))?;
-        if value.is_null() {
-            continue;
-        }
-        let object: DynamicObject = serde_json::from_value(value)
-            .with_context(|| format!("{source}: not a Kubernetes object"))?;
-        let types = object
-            .types
-            .as_ref()
-            .with_context(|| format!("{source}: an object without apiVersion and kind"))?;
-        let gvk = GroupVersionKind::try_from(types)
-            .with_context(|| format!("{source}: apiVersion {:?}", types.api_version))?;
-        if object
-            .metadata
-            .name
-            .as_deref()
-            .unwrap_or_default()
-            .is_empty()
-        {
-            bail!("{source}: a {} without a name", gvk.kind);
-        }
-        if stage(&gvk.kind).is_none() {
-            bail!(
-                "{source}: bosun install does not know where a {} goes",
-                gvk.kind
-            );
-        }
-        manifests.push(Manifest {
-            source,
-            gvk,
-            object,
-        });
+/// The objects of one YAML file of `deploy/`, each of a kind with a stage.
+fn parse(source: &str, text: &str) -> anyhow::Result<Vec<Manifest>> {
+    let manifests = apply::parse(source, text)?;
+    if let Some(unplaced) = manifests.iter().find(|m| stage(m.kind()).is_none()) {
+        bail!(
+            "{source}: bosun install does not know where a {} goes",
+            unplaced.kind()
+        );
     }
     Ok(manifests)
 }
@@ -431,22 +368,6 @@ fn rolled_out(deployment: &Deployment) -> bool {
         && status.available_replicas.unwrap_or(0) == wanted
 }
 
-/// The API of one manifest's kind, namespaced or not as the server says.
-async fn api_for(client: &Client, manifest: &Manifest) -> anyhow::Result<Api<DynamicObject>> {
-    let (resource, capabilities) = kube::discovery::pinned_kind(client, &manifest.gvk)
-        .await
-        .with_context(|| format!("finding {} in the API server", manifest.kind()))?;
-    Ok(match capabilities.scope {
-        Scope::Cluster => Api::all_with(client.clone(), &resource),
-        Scope::Namespaced => {
-            let namespace = manifest.object.namespace().with_context(|| {
-                format!("{}: {} has no namespace", manifest.source, manifest.kind())
-            })?;
-            Api::namespaced_with(client.clone(), &namespace, &resource)
-        }
-    })
-}
-
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -477,71 +398,40 @@ pub async fn install_with(client: &Client, overrides: &Overrides) -> anyhow::Res
 
 async fn apply_all(client: &Client, plan: &[Manifest], dry_run: bool) -> anyhow::Result<()> {
     let suffix = if dry_run { " (server dry run)" } else { "" };
-    let mut params = PatchParams::apply(FIELD_MANAGER).force();
-    params.dry_run = dry_run;
-    params.field_validation = Some(ValidationDirective::Strict);
-    // A dry run creates no namespace, so the server cannot check objects
-    // in one that does not exist yet.
-    let namespace_exists = Api::<Namespace>::all(client.clone())
-        .get_opt(NAMESPACE)
-        .await
-        .context("reading the operator's namespace")?
-        .is_some();
+    let options = ApplyOptions {
+        field_manager: FIELD_MANAGER.into(),
+        dry_run,
+    };
     println!("installing the bosun operator into namespace {NAMESPACE}{suffix}");
-
-    let mut crds = vec![];
-    for (index, manifest) in plan.iter().enumerate() {
-        if dry_run && !namespace_exists && manifest.object.namespace().is_some() {
-            println!(
-                "  {}: not checked, namespace {NAMESPACE} does not exist yet",
-                manifest.describe()
-            );
-            continue;
+    // The applier waits for the CRDs before the objects after them, and in
+    // a dry run skips objects of a namespace that does not exist yet (a dry
+    // run creates none, so the server cannot check them).
+    apply::apply_all(client, plan, &options, |step| match step {
+        Progress::Applied(manifest) => {
+            match deployment_summary(manifest).filter(|_| manifest.kind() == "Deployment") {
+                Some((image, replicas)) => println!(
+                    "  {}: applied (image {image}, {replicas} replicas){suffix}",
+                    manifest.describe()
+                ),
+                None => println!("  {}: applied{suffix}", manifest.describe()),
+            }
         }
-        let api = api_for(client, manifest).await?;
-        api.patch(&manifest.name(), &params, &Patch::Apply(&manifest.object))
-            .await
-            .with_context(|| format!("applying {} ({})", manifest.describe(), manifest.source))?;
-        match deployment_summary(manifest).filter(|_| manifest.kind() == "Deployment") {
-            Some((image, replicas)) => println!(
-                "  {}: applied (image {image}, {replicas} replicas){suffix}",
-                manifest.describe()
-            ),
-            None => println!("  {}: applied{suffix}", manifest.describe()),
-        }
-        if manifest.kind() == "CustomResourceDefinition" {
-            crds.push(manifest.name());
-        }
-        let next_is_crd = plan
-            .get(index + 1)
-            .is_some_and(|m| m.kind() == "CustomResourceDefinition");
-        if !crds.is_empty() && !next_is_crd && !dry_run {
-            wait_for_crds(client, &crds).await?;
-            crds.clear();
-        }
-    }
+        Progress::NotChecked {
+            manifest,
+            namespace,
+        } => println!(
+            "  {}: not checked, namespace {namespace} does not exist yet",
+            manifest.describe()
+        ),
+        Progress::CrdsEstablished(_) => println!("  CRDs Established"),
+    })
+    .await?;
     if dry_run {
         println!("dry run: the API server accepted every object and stored none");
         return Ok(());
     }
     wait_for_rollout(client).await?;
     println!("the bosun operator runs in namespace {NAMESPACE}");
-    Ok(())
-}
-
-/// Waits until the API server serves every CRD in `names`.
-async fn wait_for_crds(client: &Client, names: &[String]) -> anyhow::Result<()> {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for name in names {
-        tokio::time::timeout(
-            CRD_DEADLINE,
-            await_condition(api.clone(), name, conditions::is_crd_established()),
-        )
-        .await
-        .with_context(|| format!("CRD {name} not Established within {CRD_DEADLINE:?}"))?
-        .with_context(|| format!("watching CRD {name}"))?;
-    }
-    println!("  CRDs Established");
     Ok(())
 }
 
@@ -596,7 +486,6 @@ async fn delete_all(
             println!("  {}: kept, {reason}", manifest.describe());
             continue;
         }
-        let api = api_for(client, manifest).await?;
         let params = DeleteParams {
             dry_run,
             // The Deployment goes with its pods, so that no operator runs
@@ -608,18 +497,15 @@ async fn delete_all(
             }),
             ..DeleteParams::default()
         };
-        match api.delete(&manifest.name(), &params).await {
-            Ok(_) => println!("  {}: deleted{suffix}", manifest.describe()),
-            Err(kube::Error::Api(e)) if e.code == 404 => {
+        match apply::delete(client, manifest, &params).await? {
+            Deletion::Deleted => println!("  {}: deleted{suffix}", manifest.describe()),
+            Deletion::NotThere => {
                 println!("  {}: not there", manifest.describe());
                 continue;
             }
-            Err(e) => {
-                return Err(e).with_context(|| format!("deleting {}", manifest.describe()));
-            }
         }
         if manifest.kind() == "Deployment" && !dry_run {
-            wait_until_gone(&api, &manifest.name()).await?;
+            wait_until_gone(client, manifest).await?;
         }
     }
     Ok(())
@@ -645,9 +531,11 @@ async fn foreign_pods(client: &Client) -> anyhow::Result<Option<String>> {
 }
 
 /// Waits until the operator's Deployment, and so its pods, are gone.
-async fn wait_until_gone(api: &Api<DynamicObject>, name: &str) -> anyhow::Result<()> {
+async fn wait_until_gone(client: &Client, deployment: &Manifest) -> anyhow::Result<()> {
+    let api = apply::api_for(client, deployment).await?;
+    let name = deployment.name();
     let deadline = tokio::time::Instant::now() + DELETE_DEADLINE;
-    while api.get_opt(name).await?.is_some() {
+    while api.get_opt(&name).await?.is_some() {
         if tokio::time::Instant::now() >= deadline {
             bail!("the operator's Deployment {name} is still there after {DELETE_DEADLINE:?}");
         }

@@ -98,7 +98,7 @@ pub enum DevError {
     Image(#[from] image::ImageError),
     /// Add-ons.
     #[error(transparent)]
-    Addon(#[from] addons::AddonError),
+    Addon(#[from] bosun_runtime::apply::ApplyError),
     /// The object store.
     #[error(transparent)]
     ObjectStore(#[from] s3::ObjectStoreError),

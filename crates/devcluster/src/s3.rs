@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use bosun_runtime::apply::ApplyError;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
@@ -24,7 +25,7 @@ use sha2::{Digest as _, Sha256};
 
 pub use credentials::{Credentials, CredentialsError};
 
-use crate::addons::{self, AddonError};
+use crate::addons;
 use crate::image::{self, ImageError};
 use crate::layout::Layout;
 use crate::readiness::{Timeout, wait_until};
@@ -88,7 +89,7 @@ pub enum ObjectStoreError {
     Credentials(#[from] CredentialsError),
     /// An object could not be applied.
     #[error(transparent)]
-    Apply(#[from] AddonError),
+    Apply(#[from] ApplyError),
     /// A wait ran out.
     #[error("object store: {0}")]
     Wait(#[from] Timeout),

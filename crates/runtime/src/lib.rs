@@ -10,8 +10,11 @@
 //! - [`health`] holds the liveness and readiness checks;
 //! - [`http`] serves `/healthz`, `/readyz` and `/metrics`;
 //! - [`webhook`] is the admission webhook server, its certificates and its
-//!   webhook configurations.
+//!   webhook configurations;
+//! - [`apply`] applies manifests (YAML or typed objects) with server-side
+//!   apply, and deletes them.
 
+pub mod apply;
 pub mod health;
 pub mod http;
 pub mod leader_election;
