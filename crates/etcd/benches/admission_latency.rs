@@ -105,6 +105,20 @@ fn buckets(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Vec<(f64, f6
     out
 }
 
+/// The sum of the plain samples named `name` whose labels include all of
+/// `labels` (a histogram's `_sum` comes as one).
+fn total(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            Value::Untyped(v) | Value::Counter(v) | Value::Gauge(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
 /// `after - before`, bucket by bucket.
 fn delta(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(f64, f64)> {
     after
@@ -220,11 +234,14 @@ fn summed_buckets(scrapes: &[Scrape], name: &str, labels: &[(&str, &str)]) -> Ve
     total
 }
 
-/// A histogram's calls in a round: count, share ≤ 5 ms, p50 and p99.
-fn summary(calls: &[(f64, f64)]) -> String {
+/// A histogram's calls in a round: count, mean (from the change of its
+/// `_sum`, exact), share ≤ 5 ms, p50 and p99 (interpolated).
+fn summary(calls: &[(f64, f64)], seconds: f64) -> String {
     let count = calls.last().map_or(0.0, |(_, c)| *c);
+    let mean = (count > 0.0).then(|| seconds / count);
     format!(
-        "{count:.0} calls, {} ≤ 5 ms, p50 {} / p99 {} ms",
+        "{count:.0} calls, mean {} ms, {} ≤ 5 ms, p50 {} / p99 {} ms",
+        ms(mean),
         percent(share_under(calls, 0.005)),
         ms(quantile(calls, 0.5)),
         ms(quantile(calls, 0.99)),
@@ -244,14 +261,30 @@ async fn round(cluster: &TestCluster, label: &str, namespace: &str, rate: u64, s
     let (after, operators_after) = scrape(cluster).await;
 
     let mut cells = vec![label.to_string()];
-    cells.push(summary(&delta(
-        &summed_buckets(&operators_before, HANDLER, &handler_labels),
-        &summed_buckets(&operators_after, HANDLER, &handler_labels),
-    )));
-    cells.push(summary(&delta(
-        &buckets(&before, WEBHOOK, &webhook_labels),
-        &buckets(&after, WEBHOOK, &webhook_labels),
-    )));
+    let handler_seconds: f64 = operators_after
+        .iter()
+        .map(|s| total(s, &format!("{HANDLER}_sum"), &handler_labels))
+        .sum::<f64>()
+        - operators_before
+            .iter()
+            .map(|s| total(s, &format!("{HANDLER}_sum"), &handler_labels))
+            .sum::<f64>();
+    cells.push(summary(
+        &delta(
+            &summed_buckets(&operators_before, HANDLER, &handler_labels),
+            &summed_buckets(&operators_after, HANDLER, &handler_labels),
+        ),
+        handler_seconds,
+    ));
+    let webhook_sum = format!("{WEBHOOK}_sum");
+    cells.push(summary(
+        &delta(
+            &buckets(&before, WEBHOOK, &webhook_labels),
+            &buckets(&after, WEBHOOK, &webhook_labels),
+        ),
+        total(&after, &webhook_sum, &webhook_labels)
+            - total(&before, &webhook_sum, &webhook_labels),
+    ));
     let posts = delta(
         &buckets(&before, REQUEST, &request_labels),
         &buckets(&after, REQUEST, &request_labels),
