@@ -65,21 +65,45 @@ async fn write_keepers(etcd: &mut EtcdClient) -> BTreeMap<String, String> {
     keep
 }
 
+/// What filling to the quota left: the last write etcd acknowledged, the
+/// refusal, and the refused write, which is in doubt: etcd applies the
+/// write that crosses the quota and only then answers "database space
+/// exceeded" (its quota check at apply time), so the refused value may be
+/// stored.
+struct Filled {
+    acknowledged: Option<(String, String)>,
+    refusal: String,
+    in_doubt: (String, String),
+}
+
 /// Puts `key_of(i)` = a 64 KiB value for i = 0, 1, ... until etcd refuses
-/// (bounded); returns the last value written and the refusal.
-async fn fill_until_refused(
-    etcd: &mut EtcdClient,
-    key_of: impl Fn(u64) -> String,
-) -> (Option<(String, String)>, String) {
-    let mut last = None;
+/// (bounded).
+async fn fill_until_refused(etcd: &mut EtcdClient, key_of: impl Fn(u64) -> String) -> Filled {
+    let mut acknowledged = None;
     for i in 0..(4 * QUOTA_BYTES / (64 * 1024)) {
         let (key, value) = (key_of(i), big_value(i));
         match etcd.put(key.clone(), value.clone(), None).await {
-            Ok(_) => last = Some((key, value)),
-            Err(e) => return (last, e.to_string()),
+            Ok(_) => acknowledged = Some((key, value)),
+            Err(e) => {
+                return Filled {
+                    acknowledged,
+                    refusal: e.to_string(),
+                    in_doubt: (key, value),
+                };
+            }
         }
     }
     panic!("etcd never refused a write at its quota");
+}
+
+/// The value etcd holds for `key`, if any.
+async fn value_of(etcd: &mut EtcdClient, key: &str) -> Option<String> {
+    etcd.get(key, None)
+        .await
+        .expect("get")
+        .kvs()
+        .first()
+        .map(|kv| kv.value_str().unwrap_or_default().to_string())
 }
 
 /// Whether etcd itself lists a NOSPACE alarm.
@@ -124,7 +148,9 @@ async fn nospace_is_reported_as_an_alarm_and_the_member_stays_reachable() {
     // Fill the backend with live keys until etcd refuses.
     let mut etcd = etcd_client(&cluster, &ns.name, "full").await;
     let keep = write_keepers(&mut etcd).await;
-    let (_, refused) = fill_until_refused(&mut etcd, |i| format!("/fill/{i:05}")).await;
+    let refused = fill_until_refused(&mut etcd, |i| format!("/fill/{i:05}"))
+        .await
+        .refusal;
     assert!(refused.contains("space exceeded"), "{refused}");
     assert!(nospace_raised(&mut etcd).await, "etcd itself lists NOSPACE");
 
@@ -243,10 +269,21 @@ async fn nospace_from_history_is_cleared_without_losing_a_key() {
     let mut etcd = etcd_client(&cluster, &ns.name, "history").await;
     let ids = member_ids(&mut etcd).await;
     let mut expected = write_keepers(&mut etcd).await;
-    let (last, refused) = fill_until_refused(&mut etcd, |_| "/hot".to_string()).await;
-    assert!(refused.contains("space exceeded"), "{refused}");
-    let (key, value) = last.expect("some writes before the quota");
-    expected.insert(key, value);
+    let filled = fill_until_refused(&mut etcd, |_| "/hot".to_string()).await;
+    assert!(
+        filled.refusal.contains("space exceeded"),
+        "{}",
+        filled.refusal
+    );
+    // /hot holds the last acknowledged value or the refused one (in doubt,
+    // see `Filled`), and whichever it is must survive the clearing.
+    let (key, acknowledged) = filled.acknowledged.expect("some writes before the quota");
+    let held = value_of(&mut etcd, &key).await.expect("/hot is there");
+    assert!(
+        held == acknowledged || held == filled.in_doubt.1,
+        "/hot holds neither the last acknowledged value nor the refused one"
+    );
+    expected.insert(key, held);
 
     wait_until_writable(&etcd).await;
     assert_values(&mut etcd, &expected).await;
