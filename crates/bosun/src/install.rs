@@ -64,6 +64,10 @@ const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../../deploy/crds/etcdrestores.etcd.bosun.dev.yaml"),
     ),
     (
+        "deploy/crds/memcacheds.cache.bosun.dev.yaml",
+        include_str!("../../../deploy/crds/memcacheds.cache.bosun.dev.yaml"),
+    ),
+    (
         "deploy/operator/namespace.yaml",
         include_str!("../../../deploy/operator/namespace.yaml"),
     ),
@@ -114,6 +118,10 @@ const EMBEDDED: &[(&str, &str)] = &[
     (
         "deploy/operator/webhook-configuration.yaml",
         include_str!("../../../deploy/operator/webhook-configuration.yaml"),
+    ),
+    (
+        "deploy/operator/memcached-webhook-configuration.yaml",
+        include_str!("../../../deploy/operator/memcached-webhook-configuration.yaml"),
     ),
     (
         "deploy/operator/deployment.yaml",
@@ -191,7 +199,7 @@ fn stage(kind: &str) -> Option<u8> {
         // Before the operator: its replicas are ready only once the
         // configuration carries their CA, and the Lease holder writes the
         // CA only into a configuration that exists.
-        "ValidatingWebhookConfiguration" => 8,
+        "ValidatingWebhookConfiguration" | "MutatingWebhookConfiguration" => 8,
         "Deployment" => 9,
         _ => return None,
     })
@@ -261,7 +269,7 @@ fn uninstall_plan(keep_crds: bool) -> anyhow::Result<Vec<Manifest>> {
     manifests.reverse();
     manifests.retain(|m| !(keep_crds && m.kind() == "CustomResourceDefinition"));
     // A stable sort: the rest keeps its reverse order.
-    manifests.sort_by_key(|m| m.kind() != "ValidatingWebhookConfiguration");
+    manifests.sort_by_key(|m| !m.kind().ends_with("WebhookConfiguration"));
     Ok(manifests)
 }
 
@@ -578,6 +586,7 @@ mod tests {
                 "CustomResourceDefinition",
                 "CustomResourceDefinition",
                 "CustomResourceDefinition",
+                "CustomResourceDefinition",
                 "ServiceAccount",
                 "ClusterRole",
                 "ClusterRole",
@@ -589,6 +598,8 @@ mod tests {
                 "RoleBinding",
                 "Service",
                 "Service",
+                "ValidatingWebhookConfiguration",
+                "MutatingWebhookConfiguration",
                 "ValidatingWebhookConfiguration",
                 "Deployment",
             ]
@@ -603,7 +614,8 @@ mod tests {
             [
                 "etcdbackups.etcd.bosun.dev",
                 "etcdclusters.etcd.bosun.dev",
-                "etcdrestores.etcd.bosun.dev"
+                "etcdrestores.etcd.bosun.dev",
+                "memcacheds.cache.bosun.dev"
             ]
         );
     }
@@ -618,6 +630,7 @@ mod tests {
                     | "ClusterRole"
                     | "ClusterRoleBinding"
                     | "ValidatingWebhookConfiguration"
+                    | "MutatingWebhookConfiguration"
             );
             let expected = (!cluster_scoped).then(|| NAMESPACE.to_string());
             assert_eq!(
@@ -636,15 +649,25 @@ mod tests {
             .map(str::to_string)
             .collect::<Vec<_>>();
         install.reverse();
-        install.retain(|k| k != "ValidatingWebhookConfiguration");
-        install.insert(0, "ValidatingWebhookConfiguration".to_string());
+        let configurations: Vec<String> = install
+            .iter()
+            .filter(|k| k.ends_with("WebhookConfiguration"))
+            .cloned()
+            .collect();
+        install.retain(|k| !k.ends_with("WebhookConfiguration"));
+        install.splice(0..0, configurations);
         let all = uninstall_plan(false).expect("plan");
         assert_eq!(kinds(&all), install);
-        // The webhook configuration goes first: with failurePolicy Fail and
-        // no operator, it would refuse every object of bosun's kinds.
+        // The webhook configurations go first: with failurePolicy Fail and
+        // no operator, they would refuse every object of bosun's kinds.
         assert_eq!(
-            kinds(&all)[..2],
-            ["ValidatingWebhookConfiguration", "Deployment"]
+            kinds(&all)[..4],
+            [
+                "ValidatingWebhookConfiguration",
+                "MutatingWebhookConfiguration",
+                "ValidatingWebhookConfiguration",
+                "Deployment"
+            ]
         );
         assert_eq!(all.last().map(Manifest::kind), Some("Namespace"));
 
@@ -654,7 +677,7 @@ mod tests {
             kept.first().map(Manifest::kind),
             Some("ValidatingWebhookConfiguration")
         );
-        assert_eq!(kept.len(), all.len() - 3);
+        assert_eq!(kept.len(), all.len() - 4);
     }
 
     fn operator(plan: &[Manifest]) -> Deployment {
@@ -775,76 +798,116 @@ mod tests {
         assert!(absolute_dir("/").is_err());
     }
 
-    /// The generated webhook configuration, by its path in the repository.
-    const WEBHOOK_CONFIGURATION_FILE: &str = "deploy/operator/webhook-configuration.yaml";
-
-    /// What the generated webhook configuration file opens with.
-    const WEBHOOK_CONFIGURATION_HEADER: &str = concat!(
-        "# Generated from bosun_etcd::admission::configurations (the install tests'\n",
-        "# `webhook_configuration`); a test of bosun install fails when the two differ.\n",
-        "# No caBundle: the operator's Lease holder writes it, and the installer must\n",
-        "# not take the field back.\n",
-    );
-
-    /// The etcd API's ValidatingWebhookConfiguration as `deploy/` holds it: the
-    /// runtime's safe defaults, calls through the operator's webhook Service,
-    /// and no `caBundle` (see the module's comment).
-    fn webhook_configuration() -> anyhow::Result<String> {
+    /// The webhook configurations `deploy/operator/` holds, generated from
+    /// the code: (file, what builds it, its configurations).
+    fn generated_configurations()
+    -> anyhow::Result<Vec<(&'static str, &'static str, Vec<serde_json::Value>)>> {
         use bosun_runtime::webhook::Endpoint;
-        let endpoint = Endpoint::Service {
+        let endpoint = || Endpoint::Service {
             namespace: NAMESPACE.into(),
             name: bosun_etcd::admission::DEFAULT_SERVICE.into(),
             port: 443,
         };
-        let configuration =
-            bosun_etcd::admission::configurations(NAMESPACE, endpoint)?.validating();
-        let mut value = serde_json::to_value(&configuration)?;
-        value["metadata"]["labels"] = serde_json::json!({
-            APP_LABEL.0: APP_LABEL.1,
-            "app.kubernetes.io/part-of": "bosun",
-        });
-        let yaml = serde_yaml_ng::to_string(&value)?;
-        Ok(format!("{WEBHOOK_CONFIGURATION_HEADER}{yaml}"))
+        let etcd = bosun_etcd::admission::configurations(NAMESPACE, endpoint())?;
+        let memcached = bosun_memcached::admission::configurations(NAMESPACE, endpoint())?;
+        Ok(vec![
+            (
+                "deploy/operator/webhook-configuration.yaml",
+                "bosun_etcd::admission::configurations",
+                vec![serde_json::to_value(etcd.validating())?],
+            ),
+            (
+                "deploy/operator/memcached-webhook-configuration.yaml",
+                "bosun_memcached::admission::configurations",
+                vec![
+                    serde_json::to_value(memcached.mutating())?,
+                    serde_json::to_value(memcached.validating())?,
+                ],
+            ),
+        ])
     }
 
-    /// `BOSUN_WRITE_DEPLOY=1` rewrites the file from the code instead.
-    #[test]
-    fn the_webhook_configuration_in_deploy_is_what_the_code_builds() {
-        let generated = webhook_configuration().expect("the configuration builds");
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../..")
-            .join(WEBHOOK_CONFIGURATION_FILE);
-        if std::env::var_os("BOSUN_WRITE_DEPLOY").is_some() {
-            std::fs::write(&path, &generated).expect("writing the configuration");
-        }
-        let committed = std::fs::read_to_string(&path).expect("the file is there");
-        assert!(
-            committed == generated,
-            "{WEBHOOK_CONFIGURATION_FILE} is stale: run `BOSUN_WRITE_DEPLOY=1 cargo test -p bosun \
-             --bin bosun the_webhook_configuration`; the code builds:\n{generated}"
+    /// A generated file: a header naming its source, then the
+    /// configurations with the operator's labels and no `caBundle` (the
+    /// operator's Lease holder writes it, and the installer must not take
+    /// the field back).
+    fn render_configurations(
+        source: &str,
+        objects: Vec<serde_json::Value>,
+    ) -> anyhow::Result<String> {
+        let mut out = format!(
+            "# Generated from {source} (the install tests'\n\
+             # `generated_configurations`); a test of bosun install fails when the two differ.\n\
+             # No caBundle: the operator's Lease holder writes it, and the installer must\n\
+             # not take the field back.\n"
         );
+        for (index, mut value) in objects.into_iter().enumerate() {
+            value["metadata"]["labels"] = serde_json::json!({
+                APP_LABEL.0: APP_LABEL.1,
+                "app.kubernetes.io/part-of": "bosun",
+            });
+            if index > 0 {
+                out.push_str("---\n");
+            }
+            out.push_str(&serde_yaml_ng::to_string(&value)?);
+        }
+        Ok(out)
+    }
+
+    /// `BOSUN_WRITE_DEPLOY=1` rewrites the files from the code instead.
+    #[test]
+    fn the_webhook_configurations_in_deploy_are_what_the_code_builds() {
+        for (file, source, objects) in generated_configurations().expect("the configurations build")
+        {
+            let generated = render_configurations(source, objects).expect("they render");
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../..")
+                .join(file);
+            if std::env::var_os("BOSUN_WRITE_DEPLOY").is_some() {
+                std::fs::write(&path, &generated).expect("writing the configuration");
+            }
+            let committed = std::fs::read_to_string(&path).expect("the file is there");
+            assert!(
+                committed == generated,
+                "{file} is stale: run `BOSUN_WRITE_DEPLOY=1 cargo test -p bosun \
+                 --bin bosun the_webhook_configurations`; the code builds:\n{generated}"
+            );
+        }
         // What the installer applies must leave caBundle to the operator,
         // and fail closed for bosun's own kinds only.
         let plan = install_plan(&Overrides::default()).expect("plan");
-        let manifest = plan
+        let mut webhooks = Vec::new();
+        for manifest in plan
             .iter()
-            .find(|m| m.kind() == "ValidatingWebhookConfiguration")
-            .expect("the webhook configuration is installed");
-        let configuration: k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration =
-            serde_json::from_value(serde_json::to_value(&manifest.object).expect("json"))
-                .expect("a ValidatingWebhookConfiguration");
-        let webhooks = configuration.webhooks.expect("webhooks");
-        assert_eq!(webhooks.len(), 3);
+            .filter(|m| m.kind().ends_with("WebhookConfiguration"))
+        {
+            let value = serde_json::to_value(&manifest.object).expect("json");
+            for webhook in value["webhooks"].as_array().expect("webhooks") {
+                webhooks.push(webhook.clone());
+            }
+        }
+        // The etcd API's three kinds, and Memcached's defaulting and validation.
+        assert_eq!(webhooks.len(), 5);
         for webhook in webhooks {
-            assert_eq!(webhook.client_config.ca_bundle, None, "{}", webhook.name);
-            assert_eq!(webhook.failure_policy.as_deref(), Some("Fail"));
-            let service = webhook.client_config.service.expect("a Service");
+            let name = webhook["name"].as_str().unwrap_or_default().to_string();
+            assert!(webhook["clientConfig"].get("caBundle").is_none(), "{name}");
+            assert_eq!(webhook["failurePolicy"], "Fail", "{name}");
             assert_eq!(
-                (service.namespace.as_str(), service.name.as_str()),
-                (NAMESPACE, bosun_etcd::admission::DEFAULT_SERVICE)
+                webhook["clientConfig"]["service"]["namespace"], NAMESPACE,
+                "{name}"
             );
-            for rule in webhook.rules.unwrap_or_default() {
-                assert_eq!(rule.api_groups, Some(vec!["etcd.bosun.dev".to_string()]));
+            assert_eq!(
+                webhook["clientConfig"]["service"]["name"],
+                bosun_etcd::admission::DEFAULT_SERVICE,
+                "{name}"
+            );
+            for rule in webhook["rules"].as_array().expect("rules") {
+                let groups = rule["apiGroups"].as_array().expect("groups");
+                assert!(
+                    groups == &[serde_json::json!("etcd.bosun.dev")]
+                        || groups == &[serde_json::json!("cache.bosun.dev")],
+                    "{name}: {groups:?}"
+                );
             }
         }
     }

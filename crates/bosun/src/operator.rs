@@ -14,7 +14,7 @@ use bosun_etcd::controller::{Scope, Settings};
 use bosun_etcd::telemetry::{EtcdMetrics, Telemetry};
 use bosun_runtime::leader_election::ElectionConfig;
 use bosun_runtime::manager::Manager;
-use bosun_runtime::webhook::{DEFAULT_PORT, WebhookCertificates};
+use bosun_runtime::webhook::{ConfigurationNames, DEFAULT_PORT, WebhookCertificates};
 use clap::Args;
 
 use crate::duration::parse_duration;
@@ -151,7 +151,7 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
         let metrics = manager.metrics().clone();
         let etcd = EtcdMetrics::register(&metrics);
         let settings = Settings {
-            scope: args.watch_namespace.map_or(Scope::All, Scope::Namespace),
+            scope: args.watch_namespace.clone().map_or(Scope::All, Scope::Namespace),
             storage: StoragePolicy {
                 file_dirs: args.backup_dirs,
                 ambient_credentials: args.allow_ambient_credentials,
@@ -165,6 +165,11 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
             let (client, settings, telemetry) = (client.clone(), settings.clone(), Telemetry::new(&metrics, "etcdbackup", &etcd));
             move |stop| bosun_etcd::backup::reconcile::run(client, settings, stop, telemetry)
         });
+        manager.add_controller(bosun_memcached::reconcile::CONTROLLER, {
+            let (client, namespace) = (client.clone(), args.watch_namespace.clone());
+            let metrics = metrics.controller(bosun_memcached::reconcile::CONTROLLER);
+            move |stop| bosun_memcached::reconcile::run(client, namespace, stop, metrics)
+        });
         let (storage, scope) = (settings.storage.clone(), settings.scope.clone());
         manager.add_controller("etcdrestore", {
             let (client, telemetry) = (client.clone(), Telemetry::new(&metrics, "etcdrestore", &etcd));
@@ -177,7 +182,18 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
                 .webhook_namespace
                 .or_else(|| std::env::var("POD_NAMESPACE").ok())
                 .unwrap_or_else(|| "bosun-system".to_string());
-            let names = bosun_etcd::admission::configuration_names();
+            // One certificate for both APIs' webhooks: the same server
+            // answers them, so every configuration carries the same CA.
+            let names = {
+                let (etcd, memcached) = (
+                    bosun_etcd::admission::configuration_names(),
+                    bosun_memcached::admission::configuration_names(),
+                );
+                ConfigurationNames {
+                    validating: [etcd.validating, memcached.validating].concat(),
+                    mutating: [etcd.mutating, memcached.mutating].concat(),
+                }
+            };
             let certificates = if args.webhook_secret_provided {
                 WebhookCertificates::provided(client.clone(), &namespace, &args.webhook_secret, names)
             } else {
@@ -208,7 +224,8 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
                 bosun_etcd::admission::Lookups::watch(&client, &scope, webhook_stop.clone());
             let lookups_watch = tokio::spawn(watch);
             let judge = bosun_etcd::admission::Judge { policy: storage, scope, lookups };
-            let server = bosun_etcd::admission::server(judge).with_metrics(manager.metrics());
+            let server = bosun_memcached::admission::register(bosun_etcd::admission::server(judge))
+                .with_metrics(manager.metrics());
             let replica = tokio::spawn(certificates.clone().run_replica(webhook_stop.clone()));
             let serving = certificates.serving();
             let stop = webhook_stop.clone();
@@ -219,7 +236,7 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
                     tracing::error!(%error, "the webhook server stopped");
                 }
             });
-            tracing::info!(%address, secret = %args.webhook_secret, provided = args.webhook_secret_provided, "serving the etcd admission webhooks");
+            tracing::info!(%address, secret = %args.webhook_secret, provided = args.webhook_secret_provided, "serving the etcd and Memcached admission webhooks");
             Some((replica, serve, lookups_watch))
         } else {
             tracing::info!("admission webhooks off (--webhooks=false, or not in a pod)");
@@ -247,7 +264,7 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
             }
         });
         tracing::info!(
-            "bosun operator: EtcdCluster, EtcdBackup and EtcdRestore controllers; health and metrics on http://{}",
+            "bosun operator: EtcdCluster, EtcdBackup, EtcdRestore and Memcached controllers; health and metrics on http://{}",
             args.listen
         );
         let result = manager.run(shutdown).await;
