@@ -526,6 +526,11 @@ fn the_tables_know_every_kubernetes_type_the_operator_code_uses() {
             if NEVER_CALLED.iter().any(|(t, _)| *t == name) {
                 continue;
             }
+            // A generic helper's `Api<K>`: the kinds it is used with are
+            // named where its callers build or annotate their `Api`s.
+            if name.len() == 1 && name.chars().all(|c| c.is_ascii_uppercase()) {
+                continue;
+            }
             let Some((_, group, resource)) = KNOWN_TYPES.iter().find(|(t, _, _)| *t == name) else {
                 panic!(
                     "{} builds an Api<{name}>: add what it does with it to the tables of \
