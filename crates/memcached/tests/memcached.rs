@@ -66,7 +66,9 @@ fn identities(pods: &[Pod]) -> Vec<(String, String)> {
 }
 
 /// Waits until Memcached `name` has `size` ready pods, its status names
-/// them, and every pod runs the StatefulSet's current revision.
+/// them and counts them ready, and every pod runs the StatefulSet's
+/// current revision. (The status follows the pods a moment later: it is
+/// written on the pass a pod's change wakes.)
 async fn wait_for_size(cluster: &TestCluster, ns: &str, name: &str, size: usize) -> Memcached {
     let api: Api<Memcached> = Api::namespaced(cluster.client.clone(), ns);
     wait_until(
@@ -92,7 +94,8 @@ async fn wait_for_size(cluster: &TestCluster, ns: &str, name: &str, size: usize)
                 && pods.iter().all(ready)
                 && updated
                 && listed == names
-                && status.servers.len() == size)
+                && status.servers.len() == size
+                && usize::try_from(status.ready_replicas).ok() == Some(size))
         },
     )
     .await
