@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use bosun_runtime::metrics::Metrics;
 use bosun_runtime::webhook::certificate::{PemPair, generate_ca, issue_serving, service_dns_names};
-use bosun_runtime::webhook::{AdmissionServer, ServingCertificate, mutated};
+use bosun_runtime::webhook::{AdmissionServer, ServingCertificate};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::core::admission::{AdmissionRequest, AdmissionResponse};
 use serde_json::{Value, json};
+use support::admission::{default_label, validate};
 use support::{parse_prometheus_text, value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -27,32 +27,6 @@ const SERVICE: &str = "hooks";
 const NAMESPACE: &str = "ops";
 const VALIDATE: &str = "/validate--v1-configmap";
 const MUTATE: &str = "/mutate--v1-configmap";
-
-fn validate(request: &AdmissionRequest<ConfigMap>) -> AdmissionResponse {
-    let forbidden = request
-        .object
-        .as_ref()
-        .and_then(|o| o.data.as_ref())
-        .is_some_and(|d| d.contains_key("forbidden"));
-    if forbidden {
-        AdmissionResponse::from(request).deny("data key \"forbidden\" is not allowed")
-    } else {
-        AdmissionResponse::from(request)
-    }
-}
-
-fn default_label(request: &AdmissionRequest<ConfigMap>) -> AdmissionResponse {
-    let Some(before) = request.object.clone() else {
-        return AdmissionResponse::from(request);
-    };
-    let mut after = before.clone();
-    after
-        .metadata
-        .labels
-        .get_or_insert_default()
-        .insert("defaulted".into(), "true".into());
-    mutated(request, &before, &after)
-}
 
 /// A CA and a serving certificate for the test Service, valid now.
 fn certificates(ca_name: &str) -> (PemPair, PemPair) {
